@@ -1,0 +1,91 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import training.train as loop
+from training.train import TrainConfig, main, train
+
+TINY = TrainConfig(arch="resnet8", width=8, dataset="digits", epochs=3, batch_size=64,
+                   lr=0.1, progress=False)
+
+
+def test_short_run_on_digits_learns(tmp_path):
+    metrics = train(replace(TINY, out=str(tmp_path / "bp.pt")))
+    assert metrics["epochs"][-1]["test_acc"] > 0.8   # chance is 0.1
+    lines = (tmp_path / "bp.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_continues_at_the_next_epoch_with_the_same_state(tmp_path, monkeypatch):
+    straight = replace(TINY, out=str(tmp_path / "straight.pt"))
+    train(straight)
+
+    interrupted = replace(TINY, out=str(tmp_path / "interrupted.pt"))
+    save = loop.atomic_torch_save
+
+    def save_then_crash(obj, path):
+        save(obj, path)
+        raise Crash  # the machine dies right after the first epoch's checkpoint
+
+    monkeypatch.setattr(loop, "atomic_torch_save", save_then_crash)
+    with pytest.raises(Crash):
+        train(interrupted)
+    assert torch.load(interrupted.out, weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(loop, "atomic_torch_save", save)
+    train(replace(interrupted, resume=True))
+
+    a = torch.load(straight.out, weights_only=True)
+    b = torch.load(interrupted.out, weights_only=True)
+    assert b["epoch"] == 3 and [r["epoch"] for r in b["metrics"]["epochs"]] == [1, 2, 3]
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key])
+    for key, state in a["optimizer"]["state"].items():
+        torch.testing.assert_close(state["momentum_buffer"],
+                                   b["optimizer"]["state"][key]["momentum_buffer"])
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path, capsys):
+    config = replace(TINY, epochs=1, out=str(tmp_path / "bp.pt"))
+    train(config)
+    before = (tmp_path / "bp.pt").stat().st_mtime_ns
+    train(replace(config, resume=True))
+    assert "already completed 1 epochs" in capsys.readouterr().out
+    assert (tmp_path / "bp.pt").stat().st_mtime_ns == before
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    config = replace(TINY, epochs=1, out=str(tmp_path / "bp.pt"))
+    train(config)
+    with pytest.raises(ValueError, match=r"--lr 0.2 \(checkpoint: 0.1\)"):
+        train(replace(config, epochs=2, lr=0.2, resume=True))
+
+
+def test_existing_output_is_not_overwritten_silently(tmp_path):
+    out = tmp_path / "bp.pt"
+    out.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        train(replace(TINY, out=str(out)))
+    assert out.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 0}, "--epochs 0: must be at least 1"),
+    ({"lr": -1.0}, "--lr -1.0: must be positive"),
+    ({"warmup_epochs": 5}, r"--warmup-epochs 5: must lie in \[0, --epochs\]"),
+    ({"resume": True, "overwrite": True}, "contradict"),
+    ({"method": "hebbian"}, "--method 'hebbian'"),
+])
+def test_invalid_settings_are_named(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        train(replace(TINY, out=str(tmp_path / "x.pt"), **change))
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    with pytest.raises(SystemExit, match="(?s)error: .*--epochs 0"):
+        main(["--dataset", "digits", "--epochs", "0", "--out", str(tmp_path / "x.pt")])

@@ -1,0 +1,221 @@
+"""Datasets by name, held in memory as uint8 tensors, with batched augmentation.
+
+Every split is an :class:`ImageSet`: ``images`` (N, C, H, W) uint8, ``labels`` (N,) int64 and
+the dataset's :class:`DatasetInfo`. Batches are cut, augmented and normalised on whole
+tensors (no per-image PIL transforms), so the data side costs little next to the model.
+Nothing is downloaded: Fashion-MNIST comes from Debian's ``dataset-fashion-mnist`` package,
+``digits`` from scikit-learn, CIFAR-10/SVHN/STL-10 from a local ``--data-root``.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    channels: int
+    image_size: int             # pixels per side (square images)
+    num_classes: int
+    mean: tuple[float, ...]     # per channel, on the [0, 1] scale
+    std: tuple[float, ...]
+    crop_padding: int           # train-time random-crop padding in pixels (0: no crop)
+    pad_mode: str               # "constant" (zeros) or "reflect"
+    hflip: bool                 # train-time random horizontal flip
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+# Augmentation per ../shared/auglocal-spec.md §5; Fashion-MNIST: crop with padding 2 and flip.
+DATASETS = {
+    "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,),
+                                 2, "constant", True),
+    "digits": DatasetInfo("digits", 1, 8, 10, (0.3050,), (0.3810,), 0, "constant", False),
+    "cifar10": DatasetInfo("cifar10", 3, 32, 10, (125.3 / 255, 123.0 / 255, 113.9 / 255),
+                           (63.0 / 255, 62.1 / 255, 66.7 / 255), 4, "reflect", True),
+    "svhn": DatasetInfo("svhn", 3, 32, 10, (0.5,) * 3, (0.5,) * 3, 2, "constant", False),
+    "stl10": DatasetInfo("stl10", 3, 96, 10, (0.5,) * 3, (0.5,) * 3, 4, "constant", True),
+}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be found or read; the message says where the files must go."""
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: torch.Tensor   # (N, C, H, W) uint8
+    labels: torch.Tensor   # (N,) int64
+    indices: torch.Tensor  # (N,) int64: each row's index in the full split
+    info: DatasetInfo
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_split(name: str, split: str, *, data_root: str | Path | None = None) -> ImageSet:
+    """Load a whole split ("train" or "test") of a named dataset into memory."""
+    info = dataset_info(name)
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; choose 'train' or 'test'")
+    if name == "fashion-mnist":
+        images, labels = _read_fashion_mnist(Path(data_root or FASHION_MNIST_DIR), split)
+    elif name == "digits":
+        images, labels = _read_digits(split)
+    else:
+        images, labels = _read_torchvision(name, split, data_root)
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)),
+                    torch.from_numpy(labels.astype(np.int64)), torch.arange(len(labels)), info)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (gzipped) as an array: magic 0x0000 08 <ndim>, big-endian int32 dims."""
+    with gzip.open(path, "rb") as f:
+        raw = bytearray(f.read())  # writable, so torch can share it without a copy
+    ndim = raw[3]
+    dims = np.frombuffer(raw, ">i4", count=ndim, offset=4)
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _read_fashion_mnist(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    image_file = root / f"{prefix}-images-idx3-ubyte.gz"
+    label_file = root / f"{prefix}-labels-idx1-ubyte.gz"
+    if not (image_file.exists() and label_file.exists()):
+        raise DatasetError(
+            f"Fashion-MNIST not found: expected {image_file.name} and {label_file.name} in "
+            f"{root}. Install Debian's package (`apt-get install dataset-fashion-mnist`, as "
+            "`make setup` does when run as root) or pass --data-root pointing at a folder "
+            "with the gzipped idx files."
+        )
+    return _read_idx(image_file)[:, None], _read_idx(label_file)
+
+
+def _read_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8×8 digits (values 0-16), split 80/20 stratified with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[:, None]
+    train_idx, test_idx = train_test_split(np.arange(len(images)), test_size=0.2,
+                                           stratify=digits.target, random_state=0)
+    rows = np.sort(train_idx if split == "train" else test_idx)
+    return images[rows], digits.target[rows]
+
+
+def _read_torchvision(name: str, split: str, data_root) -> tuple[np.ndarray, np.ndarray]:
+    import torchvision.datasets as tvd
+
+    if data_root is None:
+        raise DatasetError(f"dataset {name!r} needs --data-root: a local folder holding the "
+                           "torchvision files (nothing is downloaded)")
+    expected = {"cifar10": "cifar-10-batches-py/", "svhn": f"{split}_32x32.mat",
+                "stl10": "stl10_binary/"}[name]
+    try:
+        if name == "cifar10":
+            ds = tvd.CIFAR10(data_root, train=split == "train", download=False)
+            return ds.data.transpose(0, 3, 1, 2), np.asarray(ds.targets)
+        ds = (tvd.SVHN if name == "svhn" else tvd.STL10)(data_root, split=split, download=False)
+        return ds.data, np.asarray(ds.labels)
+    except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
+        raise DatasetError(
+            f"{name} not found under {data_root}: put the torchvision files there "
+            f"(expected {Path(data_root) / expected}), e.g. by running torchvision's "
+            f"{name.upper()}(root, download=True) on a machine with internet"
+        ) from err
+
+
+def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Indices (n,) sorted ascending of a seeded class-balanced subset of ``labels`` (N,).
+
+    Each class gets n // C rows; the remainder goes one each to the first classes."""
+    classes = torch.unique(labels)
+    if not 0 < n <= len(labels):
+        raise DatasetError(f"--subset {n} is out of range: the split has {len(labels)} images")
+    gen = torch.Generator().manual_seed(seed)
+    per_class = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
+    picks = []
+    for c, k in zip(classes, per_class):
+        members = torch.nonzero(labels == c).flatten()
+        if k > len(members):
+            raise DatasetError(f"--subset {n} asks for {k} images of class {int(c)}, which "
+                               f"has only {len(members)}; choose a smaller subset")
+        picks.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    return torch.sort(torch.cat(picks)).values
+
+
+def take(data: ImageSet, rows: torch.Tensor) -> ImageSet:
+    return ImageSet(data.images[rows], data.labels[rows], data.indices[rows], data.info)
+
+
+def normalise(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """uint8 (B, C, H, W) → float32 normalised with the dataset's mean and std."""
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def augment(images: torch.Tensor, info: DatasetInfo, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with padding and random horizontal flip of a uint8 batch (B, C, H, W)."""
+    b, _, h, w = images.shape
+    out = images
+    if info.crop_padding:
+        p = info.crop_padding
+        padded = F.pad(images.float(), (p, p, p, p), mode=info.pad_mode)
+        top = torch.randint(0, 2 * p + 1, (b, 1), generator=gen) + torch.arange(h)
+        left = torch.randint(0, 2 * p + 1, (b, 1), generator=gen) + torch.arange(w)
+        rows = torch.arange(b)[:, None, None]
+        # (B, H, W, C) gathered with one advanced index, then back to (B, C, H, W)
+        out = padded.permute(0, 2, 3, 1)[rows, top[:, :, None], left[:, None, :]]
+        out = out.permute(0, 3, 1, 2).to(torch.uint8)
+    if info.hflip:
+        flip = torch.rand(b, generator=gen) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    return out.contiguous()
+
+
+def train_batches(data: ImageSet, batch_size: int, *, seed: int, epoch: int,
+                  rank: int = 0, world_size: int = 1
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled, augmented, normalised batches (x (B, C, H, W) float32, y (B,) int64).
+
+    The order and the augmentation depend only on (seed, epoch), so a resumed run sees the
+    same batches. The last incomplete batch is dropped (BatchNorm and equal-size steps).
+    With ``world_size > 1`` each rank takes an interleaved share of every global batch.
+    """
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(data), generator=gen)
+    n_batches = len(data) // batch_size
+    if n_batches == 0:
+        raise DatasetError(f"batch size {batch_size} exceeds the {len(data)} training images")
+    for i in range(n_batches):
+        rows = order[i * batch_size:(i + 1) * batch_size][rank::world_size]
+        images = augment(data.images[rows], data.info, gen)
+        yield normalise(images, data.info), data.labels[rows]
+
+
+def eval_batches(data: ImageSet, batch_size: int
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Unaugmented batches in order: (x float32, y int64, dataset indices int64)."""
+    for start in range(0, len(data), batch_size):
+        rows = slice(start, start + batch_size)
+        yield normalise(data.images[rows], data.info), data.labels[rows], data.indices[rows]

@@ -1,0 +1,301 @@
+"""Train a network with backprop or a local-learning method and write a checkpoint.
+
+    python -m training.train --method bp --arch resnet20 --dataset fashion-mnist \\
+        --epochs 2 --batch-size 128 --lr 0.1 --seed 0 --out bp.pt
+
+One loop for every method: a method is a *step* (see :mod:`training.step`). Each epoch ends
+with a test-set evaluation, a line in the JSON-lines log and an atomically written checkpoint,
+so ``--resume`` continues from the last completed epoch with the same optimiser state and,
+because batch order and augmentation depend only on (seed, epoch), the same batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from training import data as datasets
+from training.checkpoint import FORMAT, FORMAT_VERSION, arch_config, atomic_torch_save, read_checkpoint
+from training.models import BLOCKS_PER_STAGE, build_model
+from training.schedule import default_warmup_epochs, learning_rate
+from training.step import BackpropStep
+
+METHODS = ("bp",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "bp"
+    arch: str = "resnet20"
+    width: int = 16                    # base channels of the first stage
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    subset: int | None = None          # class-balanced training subset size (None: all)
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 0.1                    # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int | None = None   # None: 10 % of epochs
+    seed: int = 0
+    out: str = "bp.pt"
+    log: str | None = None             # JSON lines; None: next to --out with suffix .jsonl
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "cpu"
+    threads: int | None = None         # torch CPU threads (None: PyTorch's default)
+    eval_batch_size: int = 512
+    progress: bool = True
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.log) if self.log else Path(self.out).with_suffix(".jsonl")
+
+    @property
+    def warmup(self) -> int:
+        return default_warmup_epochs(self.epochs) if self.warmup_epochs is None \
+            else self.warmup_epochs
+
+
+# Settings a resumed run must share with the checkpoint it continues.
+RESUME_KEYS = ("method", "arch", "width", "dataset", "subset", "batch_size", "lr", "momentum",
+               "weight_decay", "seed")
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    train_loss: float
+    train_acc: float
+    images: int
+    seconds: float
+
+
+def check_config(config: TrainConfig) -> None:
+    """Reject impossible settings up front, naming the flag and the fix."""
+    problems = []
+    if config.method not in METHODS:
+        problems.append(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
+    if config.arch not in BLOCKS_PER_STAGE:
+        problems.append(f"--arch {config.arch!r}: choose one of {', '.join(BLOCKS_PER_STAGE)}")
+    for flag, value in (("--epochs", config.epochs), ("--batch-size", config.batch_size),
+                        ("--width", config.width), ("--eval-batch-size", config.eval_batch_size)):
+        if value < 1:
+            problems.append(f"{flag} {value}: must be at least 1")
+    if config.lr <= 0:
+        problems.append(f"--lr {config.lr}: must be positive")
+    if not 0 <= config.warmup <= config.epochs:
+        problems.append(f"--warmup-epochs {config.warmup}: must lie in [0, --epochs]")
+    if config.resume and config.overwrite:
+        problems.append("--resume and --overwrite contradict each other: pick one")
+    if problems:
+        raise ValueError("invalid training settings:\n  " + "\n  ".join(problems))
+
+
+def make_step(config: TrainConfig, model: nn.Module) -> BackpropStep:
+    return BackpropStep(model)
+
+
+def make_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True,
+                           weight_decay=config.weight_decay)
+
+
+def train_epoch(step, optimizer: torch.optim.Optimizer,
+                batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+                lr_at: Callable[[int], float], device: torch.device,
+                progress: tqdm | None = None) -> EpochStats:
+    """One pass over ``batches``; ``lr_at(i)`` is the learning rate of batch i."""
+    step.trainable.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    start = time.perf_counter()
+    for i, (x, y) in enumerate(batches):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(i)
+        optimizer.zero_grad(set_to_none=True)
+        out = step(x, y)
+        optimizer.step()
+        loss_sum += out.loss * len(y)
+        correct += (out.logits.argmax(1) == y).sum()
+        seen += len(y)
+        if progress is not None:
+            progress.update()
+            if i % 20 == 0:  # .item() synchronises a GPU: not every batch
+                elapsed = time.perf_counter() - start
+                progress.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
+                                     img_s=f"{seen / elapsed:.0f}")
+    seconds = time.perf_counter() - start
+    return EpochStats(loss_sum.item() / seen, correct.item() / seen, seen, seconds)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: datasets.ImageSet, *, batch_size: int,
+             device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the primary network on a split, in eval mode."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for x, y, _ in datasets.eval_batches(data, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss_sum / len(data), correct / len(data)
+
+
+def load_data(config: TrainConfig) -> tuple[datasets.ImageSet, datasets.ImageSet]:
+    train = datasets.load_split(config.dataset, "train", data_root=config.data_root)
+    test = datasets.load_split(config.dataset, "test", data_root=config.data_root)
+    if config.subset is not None:
+        train = datasets.take(train, datasets.balanced_subset(train.labels, config.subset,
+                                                              config.seed))
+    return train, test
+
+
+def checkpoint_dict(config: TrainConfig, step, optimizer, info: datasets.DatasetInfo,
+                    epoch: int, history: list[dict]) -> dict:
+    model = step.model
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "arch": arch_config(config.arch, model, info.channels, info.num_classes),
+        "method": {"name": config.method},
+        "dataset": {**info.to_dict(), "subset": config.subset},
+        "state_dict": model.state_dict(),
+        "aux_state_dict": step.aux_state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "layers": list(model.layer_names),
+        "metrics": {"epochs": history,
+                    "test_acc": history[-1]["test_acc"] if history else None},
+        "epoch": epoch, "seed": config.seed,
+        "config": asdict(config),
+        "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+                     "python": sys.version.split()[0]},
+    }
+
+
+def restore(config: TrainConfig, step, optimizer) -> tuple[int, list[dict]]:
+    """Load the checkpoint at ``config.out`` into step and optimiser: (epochs done, history)."""
+    ckpt = read_checkpoint(config.out)
+    saved = ckpt.get("config", {})
+    clashes = [f"--{k.replace('_', '-')} {getattr(config, k)!r} (checkpoint: {saved.get(k)!r})"
+               for k in RESUME_KEYS if saved.get(k) != getattr(config, k)]
+    if clashes:
+        raise ValueError(f"--resume: {config.out} was trained with other settings: "
+                         + "; ".join(clashes) + ". Use the same settings or a new --out.")
+    step.model.load_state_dict(ckpt["state_dict"])
+    step.load_aux_state_dict(ckpt.get("aux_state_dict"))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt["epoch"], ckpt["metrics"]["epochs"]
+
+
+def train(config: TrainConfig) -> dict:
+    """Run (or resume) a training run; returns the final checkpoint's metrics."""
+    check_config(config)
+    out = Path(config.out)
+    if out.exists() and not (config.resume or config.overwrite):
+        raise FileExistsError(f"{out} exists: pass --resume to continue that run or "
+                              "--overwrite to start again")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(config.device)
+    train_set, test_set = load_data(config)
+    info = train_set.info
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, width=config.width, in_channels=info.channels,
+                        num_classes=info.num_classes).to(device)
+    step = make_step(config, model)
+    optimizer = make_optimizer(config, step.trainable.parameters())
+    done, history = 0, []
+    if config.resume and out.exists():
+        done, history = restore(config, step, optimizer)
+    elif config.resume:
+        print(f"--resume: no checkpoint at {out} yet, starting from scratch")
+    if done >= config.epochs:
+        print(f"{out} has already completed {done} epochs; nothing to do")
+        return {"epochs": history}
+
+    steps = len(train_set) // config.batch_size
+    config.log_path.parent.mkdir(parents=True, exist_ok=True)
+    with config.log_path.open("a") as log:
+        for epoch in range(done, config.epochs):
+            lr_at = lambda i, e=epoch: learning_rate(e + i / steps, lr=config.lr,  # noqa: E731
+                                                     epochs=config.epochs,
+                                                     warmup_epochs=config.warmup)
+            with tqdm(total=steps, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}",
+                      unit="batch", disable=not config.progress, leave=False) as bar:
+                stats = train_epoch(step, optimizer,
+                                    datasets.train_batches(train_set, config.batch_size,
+                                                           seed=config.seed, epoch=epoch),
+                                    lr_at=lr_at, device=device, progress=bar)
+            test_loss, test_acc = evaluate(model, test_set, batch_size=config.eval_batch_size,
+                                           device=device)
+            record = {"epoch": epoch + 1, "lr_start": lr_at(0), "train_loss": stats.train_loss,
+                      "train_acc": stats.train_acc, "test_loss": test_loss,
+                      "test_acc": test_acc, "epoch_seconds": stats.seconds,
+                      "images_per_second": stats.images / stats.seconds}
+            history.append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            atomic_torch_save(checkpoint_dict(config, step, optimizer, info, epoch + 1,
+                                              history), out)
+            print(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.train_loss:.4f}, "
+                  f"test acc {test_acc:.4f} ({stats.images / stats.seconds:.0f} img/s)")
+    return {"epochs": history}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default=defaults.method, choices=METHODS)
+    p.add_argument("--arch", default=defaults.arch, choices=list(BLOCKS_PER_STAGE))
+    p.add_argument("--width", type=int, default=defaults.width,
+                   help="base channels (first stage; later stages 2× and 4×)")
+    p.add_argument("--dataset", default=defaults.dataset, choices=list(datasets.DATASETS))
+    p.add_argument("--data-root", help="folder with the dataset files (CIFAR-10/SVHN/STL-10; "
+                   "Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--subset", type=int, help="train on a seeded class-balanced subset of N")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    p.add_argument("--momentum", type=float, default=defaults.momentum)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--warmup-epochs", type=int, help="linear warm-up from 0.01 (default: 10 %% "
+                   "of --epochs)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--out", default=defaults.out, help="checkpoint path (written every epoch)")
+    p.add_argument("--log", help="JSON-lines log (default: --out with suffix .jsonl)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue --out from its last completed epoch")
+    p.add_argument("--overwrite", action="store_true", help="start again over an existing --out")
+    p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide the progress bar")
+    args = vars(p.parse_args(argv))
+    return replace(defaults, **args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    try:
+        train(config)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()
