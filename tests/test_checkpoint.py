@@ -5,15 +5,11 @@ import torch
 
 from training import CheckpointError, load_checkpoint
 from training.checkpoint import FORMAT, atomic_torch_save, read_checkpoint
-from training.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt") / "bp.pt"
-    train(TrainConfig(arch="resnet8", width=4, dataset="digits", epochs=1, batch_size=64,
-                      out=str(out), progress=False))
-    return out
+@pytest.fixture
+def trained(tiny_checkpoints):
+    return tiny_checkpoints["a"]
 
 
 def test_round_trip_reproduces_the_logits_exactly(trained):
@@ -115,3 +111,10 @@ def test_atomic_save_leaves_nothing_on_failure(tmp_path):
         atomic_torch_save({"a": Unpicklable()}, path)
     assert torch.load(path, weights_only=True) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_truncated_checkpoint_is_refused(trained, tmp_path):
+    path = tmp_path / "cut.pt"
+    path.write_bytes(trained.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="not a"):
+        load_checkpoint(path)

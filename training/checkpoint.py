@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -61,18 +62,18 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with "
                                 "`python -m training.train ... --out {path}`")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "WeightsUnpickler" in str(err):  # torch's refusal of a non-allow-listed global
-            raise CheckpointError(
-                f"{path} was refused: loading it would need arbitrary unpickling (it holds "
-                "objects other than tensors, numbers, strings, lists and dicts), which can "
-                "run code. Only checkpoints written by training.train are loaded."
-            ) from err
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({err})") from err
-    except Exception as err:  # torch.load fails on junk with many error types
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint "
+        raise CheckpointError(
+            f"{path} was refused: loading it would need arbitrary unpickling (it holds "
+            "objects other than tensors, numbers, strings, lists and dicts), which can "
+            "run code. Only checkpoints written by training.train are loaded."
+        ) from err
+    except Exception as err:  # torch.load fails on damaged archives with many error types
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
                               f"({type(err).__name__}: {err})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint of this toolkit "
