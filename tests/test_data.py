@@ -29,7 +29,7 @@ def tiny_fashion_root(tmp_path):
 def test_idx_reader_returns_what_was_written(tiny_fashion_root):
     split = ds.load_split("fashion-mnist", "test", data_root=tiny_fashion_root)
     with gzip.open(tiny_fashion_root / "t10k-images-idx3-ubyte.gz") as f:
-        raw = np.frombuffer(f.read()[16:], np.uint8).reshape(10, 1, 28, 28)
+        raw = np.frombuffer(bytearray(f.read()[16:]), np.uint8).reshape(10, 1, 28, 28)
     assert torch.equal(split.images, torch.from_numpy(raw))
     assert split.labels.tolist() == list(range(10))
     assert split.indices.tolist() == list(range(10))

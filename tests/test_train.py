@@ -14,8 +14,10 @@ TINY = TrainConfig(arch="resnet8", width=8, dataset="digits", epochs=3, batch_si
 def test_short_run_on_digits_learns(tmp_path):
     metrics = train(replace(TINY, out=str(tmp_path / "bp.pt")))
     assert metrics["epochs"][-1]["test_acc"] > 0.8   # chance is 0.1
-    lines = (tmp_path / "bp.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    records = [json.loads(line) for line in (tmp_path / "bp.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records] == ["cost", "epoch", "epoch", "epoch"]
+    assert [r["epoch"] for r in records[1:]] == [1, 2, 3]
+    assert records[0]["memory"]["saved_peak_bytes"] > 0
 
 
 class Crash(Exception):
@@ -89,3 +91,63 @@ def test_invalid_settings_are_named(tmp_path, change, message):
 def test_cli_reports_errors_without_a_traceback(tmp_path):
     with pytest.raises(SystemExit, match="(?s)error: .*--epochs 0"):
         main(["--dataset", "digits", "--epochs", "0", "--out", str(tmp_path / "x.pt")])
+
+
+@pytest.mark.parametrize("method", ["auglocal", "dgl"])
+def test_local_methods_learn_on_digits_and_record_their_settings(tmp_path, method):
+    out = tmp_path / f"{method}.pt"
+    metrics = train(replace(TINY, method=method, arch="resnet14", out=str(out)))
+    assert metrics["epochs"][-1]["test_acc"] > 0.7   # chance is 0.1
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["method"]["name"] == method and ckpt["method"]["K"] == 7  # one per layer
+    assert ckpt["aux_state_dict"]
+    memory = ckpt["metrics"]["memory"]
+    assert memory["total_peak_bytes"] == (memory["saved_peak_bytes"] + memory["params_bytes"]
+                                          + memory["grads_bytes"] + memory["optimizer_bytes"])
+
+
+def test_resume_restores_the_aux_nets(tmp_path, monkeypatch):
+    config = replace(TINY, method="auglocal", arch="resnet14", epochs=2)
+    straight = replace(config, out=str(tmp_path / "straight.pt"))
+    train(straight)
+    interrupted = replace(config, out=str(tmp_path / "interrupted.pt"))
+    save = loop.atomic_torch_save
+
+    def save_then_crash(obj, path):
+        save(obj, path)
+        raise Crash
+
+    monkeypatch.setattr(loop, "atomic_torch_save", save_then_crash)
+    with pytest.raises(Crash):
+        train(interrupted)
+    monkeypatch.setattr(loop, "atomic_torch_save", save)
+    train(replace(interrupted, resume=True))
+    a = torch.load(straight.out, weights_only=True)["aux_state_dict"]
+    b = torch.load(interrupted.out, weights_only=True)["aux_state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_resume_with_other_method_settings_is_refused(tmp_path):
+    config = replace(TINY, method="auglocal", arch="resnet14", epochs=1,
+                     out=str(tmp_path / "al.pt"))
+    train(config)
+    with pytest.raises(ValueError, match=r"--aux-depth 3 \(checkpoint: 2\)"):
+        train(replace(config, epochs=2, aux_depth=3, resume=True))
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "al.pt"
+    main(["--method", "auglocal", "--arch", "resnet32", "--dataset", "digits", "--dry-run",
+          "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "| 0 | 16 | 2 | 8[32,s2] 15[64,s2] |" in text   # the spec's golden row
+    assert "13–15 + head" in text and "aux 1,341,058" in text  # spec §7: 1.34 M aux params
+    assert not out.exists()
+
+
+def test_impossible_method_settings_give_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="K"):
+        main(["--method", "auglocal", "--arch", "resnet8", "--K", "40", "--dataset", "digits",
+              "--out", str(tmp_path / "x.pt")])

@@ -2,6 +2,9 @@
 
     python -m training.train --method bp --arch resnet20 --dataset fashion-mnist \\
         --epochs 2 --batch-size 128 --lr 0.1 --seed 0 --out bp.pt
+    python -m training.train --method auglocal --K 10 --aux-depth 2 --pyramid-coeff 0.5 ...
+    python -m training.train --method dgl --K 10 ...
+    python -m training.train --method auglocal ... --dry-run   # print the aux plan and costs
 
 One loop for every method: a method is a *step* (see :mod:`training.step`). Each epoch ends
 with a test-set evaluation, a line in the JSON-lines log and an atomically written checkpoint,
@@ -12,6 +15,7 @@ because batch order and augmentation depend only on (seed, epoch), the same batc
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -26,17 +30,20 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training import data as datasets
+from training.auglocal import aux_plan, render_plan
 from training.checkpoint import FORMAT, FORMAT_VERSION, arch_config, atomic_torch_save, read_checkpoint
-from training.models import BLOCKS_PER_STAGE, build_model
+from training.local import METHODS, MethodConfig
+from training.memory import forward_macs, measure_step_memory
+from training.models import BLOCKS_PER_STAGE, ResNet, build_model
 from training.schedule import default_warmup_epochs, learning_rate
-from training.step import BackpropStep
-
-METHODS = ("bp",)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = "bp"
+    method: str = "bp"                 # bp | auglocal | dgl
+    K: int | None = None               # local modules requested (None: one per layer)
+    aux_depth: int = 2                 # AugLocal's aux depth d
+    pyramid_coeff: float | None = 0.5  # AugLocal's pyramid coefficient tau (None: constant d)
     arch: str = "resnet20"
     width: int = 16                    # base channels of the first stage
     dataset: str = "fashion-mnist"
@@ -57,6 +64,7 @@ class TrainConfig:
     threads: int | None = None         # torch CPU threads (None: PyTorch's default)
     eval_batch_size: int = 512
     progress: bool = True
+    dry_run: bool = False              # print the method's plan and costs, train nothing
 
     @property
     def log_path(self) -> Path:
@@ -69,8 +77,8 @@ class TrainConfig:
 
 
 # Settings a resumed run must share with the checkpoint it continues.
-RESUME_KEYS = ("method", "arch", "width", "dataset", "subset", "batch_size", "lr", "momentum",
-               "weight_decay", "seed")
+RESUME_KEYS = ("method", "K", "aux_depth", "pyramid_coeff", "arch", "width", "dataset",
+               "subset", "batch_size", "lr", "momentum", "weight_decay", "seed")
 
 
 @dataclass(frozen=True)
@@ -102,8 +110,12 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError("invalid training settings:\n  " + "\n  ".join(problems))
 
 
-def make_step(config: TrainConfig, model: nn.Module) -> BackpropStep:
-    return BackpropStep(model)
+def method_config(config: TrainConfig, n_layers: int) -> MethodConfig:
+    """The method's settings; K defaults to one local module per layer."""
+    K = config.K or n_layers
+    if config.method == "auglocal":
+        return MethodConfig("auglocal", K, config.aux_depth, config.pyramid_coeff)
+    return MethodConfig("dgl", K) if config.method == "dgl" else MethodConfig("bp")
 
 
 def make_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.SGD:
@@ -116,7 +128,7 @@ def train_epoch(step, optimizer: torch.optim.Optimizer,
                 lr_at: Callable[[int], float], device: torch.device,
                 progress: tqdm | None = None) -> EpochStats:
     """One pass over ``batches``; ``lr_at(i)`` is the learning rate of batch i."""
-    step.trainable.train()
+    step.trainable.train()  # primary and aux nets alike
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
@@ -142,7 +154,7 @@ def train_epoch(step, optimizer: torch.optim.Optimizer,
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data: datasets.ImageSet, *, batch_size: int,
+def evaluate(model: ResNet, data: datasets.ImageSet, *, batch_size: int,
              device: torch.device) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of the primary network on a split, in eval mode."""
     model.eval()
@@ -164,20 +176,21 @@ def load_data(config: TrainConfig) -> tuple[datasets.ImageSet, datasets.ImageSet
     return train, test
 
 
-def checkpoint_dict(config: TrainConfig, step, optimizer, info: datasets.DatasetInfo,
-                    epoch: int, history: list[dict]) -> dict:
+def checkpoint_dict(config: TrainConfig, method: MethodConfig, step, optimizer,
+                    info: datasets.DatasetInfo, epoch: int, history: list[dict],
+                    cost: dict) -> dict:
     model = step.model
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "arch": arch_config(config.arch, model, info.channels, info.num_classes),
-        "method": {"name": config.method},
+        "method": method.to_dict(),
         "dataset": {**info.to_dict(), "subset": config.subset},
         "state_dict": model.state_dict(),
         "aux_state_dict": step.aux_state_dict(),
         "optimizer": optimizer.state_dict(),
         "layers": list(model.layer_names),
-        "metrics": {"epochs": history,
-                    "test_acc": history[-1]["test_acc"] if history else None},
+        "metrics": {"epochs": history, "test_acc": history[-1]["test_acc"] if history else None,
+                    "train_seconds": sum(r["epoch_seconds"] for r in history), **cost},
         "epoch": epoch, "seed": config.seed,
         "config": asdict(config),
         "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
@@ -185,8 +198,9 @@ def checkpoint_dict(config: TrainConfig, step, optimizer, info: datasets.Dataset
     }
 
 
-def restore(config: TrainConfig, step, optimizer) -> tuple[int, list[dict]]:
-    """Load the checkpoint at ``config.out`` into step and optimiser: (epochs done, history)."""
+def restore(config: TrainConfig, step, optimizer) -> tuple[int, list[dict], dict]:
+    """Load the checkpoint at ``config.out`` into step and optimiser:
+    (epochs done, per-epoch history, the run's cost metrics)."""
     ckpt = read_checkpoint(config.out)
     saved = ckpt.get("config", {})
     clashes = [f"--{k.replace('_', '-')} {getattr(config, k)!r} (checkpoint: {saved.get(k)!r})"
@@ -197,7 +211,45 @@ def restore(config: TrainConfig, step, optimizer) -> tuple[int, list[dict]]:
     step.model.load_state_dict(ckpt["state_dict"])
     step.load_aux_state_dict(ckpt.get("aux_state_dict"))
     optimizer.load_state_dict(ckpt["optimizer"])
-    return ckpt["epoch"], ckpt["metrics"]["epochs"]
+    metrics = ckpt["metrics"]
+    return ckpt["epoch"], metrics["epochs"], {k: metrics[k] for k in COST_KEYS if k in metrics}
+
+
+COST_KEYS = ("memory", "macs_per_image")
+
+
+def run_cost(step, config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Memory of one training step and forward MACs per image (primary + aux nets).
+
+    Measured on a copy, so the run itself is not advanced by the measurement."""
+    probe = copy.deepcopy(step)
+    memory = measure_step_memory(probe, make_optimizer(config, probe.trainable.parameters()),
+                                 x, y)
+    macs = forward_macs(probe.trainable, lambda: probe(x[:2], y[:2]))
+    return {"memory": memory.to_dict(), "macs_per_image": macs}
+
+
+def describe(config: TrainConfig, method: MethodConfig, step, info) -> str:
+    """The --dry-run text: the aux plan (AugLocal) and the parameter and MAC counts."""
+    model = step.model
+    settings = ", ".join(f"{k}={v}" for k, v in method.to_dict().items()
+                         if k != "name" and v is not None)
+    lines = [f"{config.arch} width {config.width} on {info.name} "
+             f"({info.channels}×{info.image_size}×{info.image_size}), "
+             f"method {method.name} ({settings or 'one module'})"]
+    if method.name == "auglocal":
+        plan = aux_plan(model.layer_widths, method.K, method.aux_depth, method.tau)
+        lines.append(render_plan(plan, model.layer_widths))
+    x = torch.zeros(2, info.channels, info.image_size, info.image_size)
+    y = torch.zeros(2, dtype=torch.long)
+    primary = forward_macs(model, lambda: model.eval()(x))
+    total = forward_macs(step.trainable, lambda: step(x, y))
+    n_primary = sum(p.numel() for p in model.parameters())
+    n_all = sum(p.numel() for p in step.trainable.parameters())
+    lines.append(f"parameters: primary {n_primary:,}, aux {n_all - n_primary:,}")
+    lines.append(f"forward MACs per image: primary {primary:,}, aux {total - primary:,} "
+                 f"(training step ≈ {total / primary:.2f}× BP's)")
+    return "\n".join(lines)
 
 
 def train(config: TrainConfig) -> dict:
@@ -215,11 +267,16 @@ def train(config: TrainConfig) -> dict:
     torch.manual_seed(config.seed)
     model = build_model(config.arch, width=config.width, in_channels=info.channels,
                         num_classes=info.num_classes).to(device)
-    step = make_step(config, model)
+    method = method_config(config, len(model.layer_names))
+    step = method.build_step(model, num_classes=info.num_classes,
+                             input_size=(info.channels, info.image_size, info.image_size))
+    if config.dry_run:
+        print(describe(config, method, step, info))
+        return {"epochs": []}
     optimizer = make_optimizer(config, step.trainable.parameters())
-    done, history = 0, []
+    done, history, cost = 0, [], {}
     if config.resume and out.exists():
-        done, history = restore(config, step, optimizer)
+        done, history, cost = restore(config, step, optimizer)
     elif config.resume:
         print(f"--resume: no checkpoint at {out} yet, starting from scratch")
     if done >= config.epochs:
@@ -227,8 +284,14 @@ def train(config: TrainConfig) -> dict:
         return {"epochs": history}
 
     steps = len(train_set) // config.batch_size
+    if not cost:
+        x, y = next(datasets.train_batches(train_set, config.batch_size, seed=config.seed,
+                                           epoch=0))
+        cost = run_cost(step, config, x.to(device), y.to(device))
     config.log_path.parent.mkdir(parents=True, exist_ok=True)
     with config.log_path.open("a") as log:
+        if done == 0:
+            log.write(json.dumps({"event": "cost", **cost}) + "\n")
         for epoch in range(done, config.epochs):
             lr_at = lambda i, e=epoch: learning_rate(e + i / steps, lr=config.lr,  # noqa: E731
                                                      epochs=config.epochs,
@@ -241,15 +304,15 @@ def train(config: TrainConfig) -> dict:
                                     lr_at=lr_at, device=device, progress=bar)
             test_loss, test_acc = evaluate(model, test_set, batch_size=config.eval_batch_size,
                                            device=device)
-            record = {"epoch": epoch + 1, "lr_start": lr_at(0), "train_loss": stats.train_loss,
+            record = {"event": "epoch", "epoch": epoch + 1, "lr_start": lr_at(0), "train_loss": stats.train_loss,
                       "train_acc": stats.train_acc, "test_loss": test_loss,
                       "test_acc": test_acc, "epoch_seconds": stats.seconds,
                       "images_per_second": stats.images / stats.seconds}
             history.append(record)
             log.write(json.dumps(record) + "\n")
             log.flush()
-            atomic_torch_save(checkpoint_dict(config, step, optimizer, info, epoch + 1,
-                                              history), out)
+            atomic_torch_save(checkpoint_dict(config, method, step, optimizer, info, epoch + 1,
+                                              history, cost), out)
             print(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.train_loss:.4f}, "
                   f"test acc {test_acc:.4f} ({stats.images / stats.seconds:.0f} img/s)")
     return {"epochs": history}
@@ -259,7 +322,14 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     defaults = TrainConfig()
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default=defaults.method, choices=METHODS)
+    p.add_argument("--method", default=defaults.method, choices=METHODS,
+                   help="bp (backprop), auglocal (Ma et al. 2024) or dgl (DGL-style local)")
+    p.add_argument("--K", type=int, help="local modules (default: one per layer; AugLocal "
+                   "trains K − aux-depth of them by aux nets, as the authors' code does)")
+    p.add_argument("--aux-depth", type=int, default=defaults.aux_depth,
+                   help="AugLocal: blocks per aux net before the pyramid (2)")
+    p.add_argument("--pyramid-coeff", type=float, default=defaults.pyramid_coeff,
+                   help="AugLocal: tau of the pyramidal depth schedule (0.5; 0: constant)")
     p.add_argument("--arch", default=defaults.arch, choices=list(BLOCKS_PER_STAGE))
     p.add_argument("--width", type=int, default=defaults.width,
                    help="base channels (first stage; later stages 2× and 4×)")
@@ -285,6 +355,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the aux plan and parameter/MAC counts, then exit")
     args = vars(p.parse_args(argv))
     return replace(defaults, **args)
 

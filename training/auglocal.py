@@ -1,0 +1,241 @@
+"""Auxiliary networks of local learning: AugLocal's plan and blocks, and DGL's small aux nets.
+
+AugLocal (Ma et al., ICLR 2024; ``/work/shared/auglocal-spec.md`` §1–3): the aux net of layer
+``l`` is a stack of fresh residual blocks mirroring a uniform sample of the primary network's
+later layers, then GAP → Linear. :func:`aux_plan` is the pure description of those stacks
+(inspect it, print it with :func:`render_plan`); :func:`build_auglocal_aux` turns it into
+modules. DGL (Belilovsky et al. 2020; spec §6) uses one small fixed aux net per layer:
+:func:`build_dgl_aux`.
+
+Module count: with ``K`` requested local modules and aux depth ``d``, AugLocal puts aux nets on
+layers ``0 … K_eff − 2`` with ``K_eff = K − d``; every later layer joins the last module, which
+the output loss trains. DGL puts aux nets on layers ``0 … K − 2``. When ``K`` is below the
+number of layers, the first modules are therefore single layers and the last one holds the
+rest (InfoPro's code instead groups layers evenly from a per-K table; we do not).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from training.models import BasicBlock, init_weights
+
+D_MIN = 1  # the shallowest aux net the pyramid may reach (spec §3)
+
+
+class AuxBlock(NamedTuple):
+    """One block of an aux net: a fresh copy of primary layer ``layer``'s block type."""
+
+    layer: int   # index of the primary layer it mirrors
+    width: int   # output channels
+    stride: int  # 1 or 2
+
+    def __str__(self) -> str:
+        return f"{self.layer}[{self.width},s{self.stride}]"
+
+
+def effective_modules(K: int, depth: int) -> int:
+    """``K_eff = K − d``: the number of local modules AugLocal actually trains (spec §1)."""
+    return K - depth
+
+
+def aux_depths(K_eff: int, depth: int, tau: float | None) -> list[int]:
+    """Depths of the ``K_eff − 1`` aux nets, one per layer ``0 … K_eff − 2`` (spec §3).
+
+    ``tau=None`` disables the pyramid (every depth is ``depth``); otherwise depth falls
+    linearly from ``depth`` towards ``depth − tau·(depth − 1)``, rounded half-to-even.
+    """
+    _check_schedule(K_eff, depth, tau)
+    if tau is None:
+        return [depth] * (K_eff - 1)
+    span = max(K_eff - 2, 1)  # K_eff = 2 has only layer 0, where r = 0 whatever the span
+    depths = []
+    for i in range(K_eff - 1):
+        r = tau * i / span
+        depths.append(max(D_MIN, round(depth * (1 - r) + D_MIN * r)))
+    return depths
+
+
+def sample_layers(layer: int, n_layers: int, depth: int) -> list[int]:
+    """Indices of the primary layers that layer ``layer``'s aux net of depth ``depth`` mirrors.
+
+    Uniform sampling of the later layers, ending at ``n_layers − 1``; all later layers when
+    there are no more than ``depth`` of them (unreachable from :func:`aux_plan`, whose
+    ``K_eff`` rule always leaves more than ``depth`` later layers).
+    """
+    remaining = n_layers - 1 - layer
+    if depth >= remaining:
+        return list(range(layer + 1, n_layers))
+    return [round(layer + k * remaining / depth) for k in range(1, depth + 1)]
+
+
+def plan_blocks(widths: Sequence[int], layer: int, sampled: Sequence[int]) -> list[AuxBlock]:
+    """Blocks mirroring ``sampled`` with the stride carry-over rule (spec §2).
+
+    Each doubling of the width asks for one stride-2; a quadrupling carries its second
+    stride-2 over to the next block (or, on the last block, leaves it to the pooling).
+    """
+    blocks = []
+    pending, c_prev = 0, widths[layer]
+    for j in sampled:
+        pending += int(math.log2(widths[j] // c_prev))
+        stride = 2 if pending >= 1 else 1
+        pending -= stride - 1
+        blocks.append(AuxBlock(j, widths[j], stride))
+        c_prev = widths[j]
+    return blocks
+
+
+def aux_plan(widths: Sequence[int], K: int, depth: int,
+             tau: float | None = None) -> dict[int, list[AuxBlock]]:
+    """AugLocal's aux nets: layer index → its blocks, for layers ``0 … K − depth − 2``.
+
+    ``widths[i]`` is the output channel count of primary layer ``i`` (``model.layer_widths``).
+    ``tau=None``: every aux net has ``depth`` blocks; else the pyramidal schedule of
+    :func:`aux_depths`. Example (ResNet-32, K=16, d=2): ``plan[7]`` is
+    ``[AuxBlock(11, 64, 2), AuxBlock(15, 64, 1)]``.
+    """
+    _check_widths(widths)
+    if not isinstance(K, int) or K > len(widths):
+        raise ValueError(
+            f"K={K!r} local modules but the network has {len(widths)} layers; "
+            f"choose an integer K <= {len(widths)}"
+        )
+    depths = aux_depths(effective_modules(K, depth), depth, tau)
+    return {
+        layer: plan_blocks(widths, layer, sample_layers(layer, len(widths), d))
+        for layer, d in enumerate(depths)
+    }
+
+
+def render_plan(plan: dict[int, list[AuxBlock]], widths: Sequence[int]) -> str:
+    """A plan as a markdown table, one row per aux net: layer, input width, depth, blocks."""
+    rows = ["| layer | C in | depth | aux blocks (layer[width,stride]) |", "|---|---|---|---|"]
+    for layer, blocks in plan.items():
+        rows.append(f"| {layer} | {widths[layer]} | {len(blocks)} | "
+                    f"{' '.join(map(str, blocks))} |")
+    last = len(plan)  # aux nets sit on layers 0 … len(plan) − 1
+    rows.append(f"| {last}–{len(widths) - 1} + head | | | output loss (last module) |")
+    return "\n".join(rows)
+
+
+def auglocal_head(channels: int, num_classes: int, depth: int) -> nn.Sequential:
+    """GAP → Flatten → (BatchNorm1d when ``depth`` ≤ 1) → Linear: (B, C, H, W) → (B, classes)."""
+    norm = [nn.BatchNorm1d(channels)] if depth <= 1 else []
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *norm,
+                         nn.Linear(channels, num_classes))
+
+
+def build_auglocal_aux(model: nn.Module, K: int, depth: int, tau: float | None,
+                       num_classes: int) -> nn.ModuleDict:
+    """AugLocal aux nets for ``model`` (anything with ``layer_widths``), keyed by str(layer).
+
+    Each net: (B, widths[l], H, W) → blocks of :func:`aux_plan` → logits (B, num_classes).
+    Blocks are new ``BasicBlock``s with the primary initialisation; nothing is shared.
+    """
+    widths = model.layer_widths
+    nets = {}
+    for layer, blocks in aux_plan(widths, K, depth, tau).items():
+        c_ins = [widths[layer]] + [b.width for b in blocks[:-1]]
+        body = [BasicBlock(c_in, b.width, b.stride) for c_in, b in zip(c_ins, blocks)]
+        nets[str(layer)] = nn.Sequential(
+            *body, auglocal_head(blocks[-1].width, num_classes, len(blocks)))
+    aux = nn.ModuleDict(nets)
+    init_weights(aux)
+    return aux
+
+
+def dgl_aux_net(channels: int, spatial: tuple[int, int], num_classes: int) -> nn.Sequential:
+    """DGL's aux net for a (B, C, H, W) input with ``spatial = (H, W)`` (spec §6).
+
+    Pool to ⌈S/4⌉ → 3 × [1×1 conv C→C, BN, ReLU] → pool to s = min(⌈S/4⌉, 2) → Flatten →
+    2 × [Linear, BN1d, ReLU] of width C·s² → Linear → (B, num_classes); per axis for H ≠ W.
+    """
+    first = tuple(math.ceil(size / 4) for size in spatial)
+    second = tuple(min(size, 2) for size in first)
+    hidden = channels * second[0] * second[1]
+    convs = [m for _ in range(3) for m in
+             (nn.Conv2d(channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU())]
+    mlp = [m for _ in range(2) for m in
+           (nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU())]
+    return nn.Sequential(nn.AdaptiveAvgPool2d(first), *convs, nn.AdaptiveAvgPool2d(second),
+                         nn.Flatten(), *mlp, nn.Linear(hidden, num_classes))
+
+
+def layer_output_shapes(model: nn.Module, input_size: Sequence[int]) -> list[tuple[int, ...]]:
+    """(C, H, W) of each ``model.layers`` output for one (C, H, W) input, by a dry forward.
+
+    Runs in eval mode under ``no_grad`` so BatchNorm running statistics stay untouched.
+    """
+    if len(input_size) != 3 or any(not isinstance(s, int) or s < 1 for s in input_size):
+        raise ValueError(
+            f"input_size={tuple(input_size)!r} is not (channels, height, width) of positive "
+            "ints; pass e.g. (3, 32, 32)"
+        )
+    was_training = model.training
+    model.eval()
+    shapes = []
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            h = torch.zeros(1, *input_size, device=p.device, dtype=p.dtype)
+            for layer in model.layers:
+                h = layer(h)
+                shapes.append(tuple(h.shape[1:]))
+    finally:
+        model.train(was_training)
+    return shapes
+
+
+def build_dgl_aux(model: nn.Module, K: int, num_classes: int,
+                  input_size: Sequence[int]) -> nn.ModuleDict:
+    """DGL aux nets on layers ``0 … K − 2`` of ``model``, keyed by str(layer).
+
+    ``input_size`` is one input's (C, H, W); the spatial size each aux net sees comes from a
+    dry forward of ``model.layers``.
+    """
+    n_layers = len(model.layers)
+    if not isinstance(K, int) or not 2 <= K <= n_layers:
+        raise ValueError(
+            f"DGL needs an integer 2 <= K <= {n_layers} (the number of layers), got K={K!r}"
+        )
+    shapes = layer_output_shapes(model, input_size)
+    aux = nn.ModuleDict({
+        str(layer): dgl_aux_net(shapes[layer][0], shapes[layer][1:], num_classes)
+        for layer in range(K - 1)
+    })
+    init_weights(aux)
+    return aux
+
+
+def _check_schedule(K_eff: int, depth: int, tau: float | None) -> None:
+    if not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"aux depth d={depth!r} must be an integer >= 1, e.g. 2")
+    if not isinstance(K_eff, int) or K_eff < 2:
+        raise ValueError(
+            f"K_eff = K - d = {K_eff!r} leaves no aux net (need K_eff >= 2); "
+            f"raise K to at least d + 2 = {depth + 2} or lower d"
+        )
+    if tau is not None and not 0.0 <= tau <= 1.0:
+        raise ValueError(
+            f"pyramid coefficient tau={tau!r} must lie in [0, 1] (0.5 in the paper), "
+            "or be None for no pyramid"
+        )
+
+
+def _check_widths(widths: Sequence[int]) -> None:
+    """Widths must be positive and non-decreasing by powers of 2 (the stride rule's log2)."""
+    if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
+        raise ValueError(f"widths={list(widths)!r} must be a non-empty list of positive ints")
+    for i in range(1, len(widths)):
+        ratio = widths[i] / widths[i - 1]
+        if ratio < 1 or not ratio.is_integer() or not math.log2(ratio).is_integer():
+            raise ValueError(
+                f"width ratio {widths[i]}/{widths[i - 1]} between layers {i - 1} and {i} is "
+                "not a power of 2 >= 1; AugLocal's stride rule needs widths that stay equal "
+                "or double (e.g. 16, 32, 64)"
+            )
