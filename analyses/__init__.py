@@ -1,0 +1,1 @@
+"""Command-line analyses: ``python -m analyses.extract``, ``analyses.cka``, ``analyses.probe``."""

@@ -1,0 +1,101 @@
+"""Checkpoint → activation file, through a cache the analyses share.
+
+The inputs of a split are chosen by ``(n, seed)`` alone (a seeded class-balanced subset,
+rows in ascending dataset order), so two checkpoints extracted with the same ``--n`` and
+``--seed`` hold the same inputs in the same order and can be compared row by row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from repsim.extract import extract
+from repsim.store import ActivationFile
+from training import data as datasets
+from training.checkpoint import load_checkpoint
+
+DEFAULT_CACHE = Path("acts")
+
+
+@dataclass(frozen=True)
+class InputSelection:
+    split: str = "test"
+    n: int | None = 2000        # inputs (None: the whole split)
+    seed: int = 0               # which inputs, when n is smaller than the split
+    data_root: str | None = None
+    batch_size: int = 250
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def select_inputs(name: str, selection: InputSelection) -> datasets.ImageSet:
+    """The rows of a split that ``selection`` names: all, or a seeded balanced subset."""
+    split = datasets.load_split(name, selection.split, data_root=selection.data_root)
+    if selection.n is None or selection.n >= len(split):
+        return split
+    return datasets.take(split, datasets.balanced_subset(split.labels, selection.n,
+                                                         selection.seed))
+
+
+def extract_checkpoint(ckpt: str | Path, out: str | Path, selection: InputSelection, *,
+                       reductions: tuple[str, ...], layers: list[str] | None = None,
+                       device: str = "cpu", progress: bool = True) -> Path:
+    """Extract a checkpoint's layers (default: all of ``meta["layers"]``) on its dataset."""
+    model, meta = load_checkpoint(ckpt)
+    model.to(device)
+    inputs = select_inputs(meta["dataset"]["name"], selection)
+    provenance = {
+        "checkpoint": str(ckpt), "checkpoint_sha256": sha256(ckpt),
+        "dataset": meta["dataset"]["name"], "split": selection.split, "n": len(inputs),
+        "seed": selection.seed, "arch": meta["arch"], "method": meta["method"],
+        "epoch": meta["epoch"], "test_acc": meta["metrics"].get("test_acc"),
+    }
+    return extract(model, datasets.eval_batches(inputs, selection.batch_size),
+                   layers or meta["layers"], out, reductions=reductions, meta=provenance,
+                   device=device, progress=progress)
+
+
+def cached_activations(ckpt: str | Path, selection: InputSelection, *,
+                       reductions: tuple[str, ...], layers: list[str] | None = None,
+                       cache: str | Path = DEFAULT_CACHE, device: str = "cpu",
+                       progress: bool = True) -> ActivationFile:
+    """Open the activation file of ``ckpt``, extracting it first unless the cache has it.
+
+    The cache key holds the checkpoint's SHA-256, so a retrained checkpoint is re-extracted.
+    """
+    key = json.dumps([sha256(ckpt), selection.split, selection.n, selection.seed,
+                      sorted(reductions), layers])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = Path(cache) / f"{Path(ckpt).stem}__{selection.split}__{digest}.h5"
+    if not path.exists():
+        extract_checkpoint(ckpt, path, selection, reductions=reductions, layers=layers,
+                           device=device, progress=progress)
+    return ActivationFile(path)
+
+
+def open_activations(source: str | Path, selection: InputSelection, **kwargs) -> ActivationFile:
+    """An ``.h5`` activation file as it is, or a checkpoint through the cache."""
+    source = Path(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} does not exist: pass a checkpoint written by "
+                                "training.train or an activation file (.h5)")
+    if source.suffix in (".h5", ".hdf5"):
+        return ActivationFile(source)
+    return cached_activations(source, selection, **kwargs)
+
+
+def model_label(acts: ActivationFile) -> str:
+    """A short name for legends and axes: the method and file stem, e.g. 'auglocal (al.pt)'."""
+    method = acts.meta.get("method", {})
+    name = method.get("name", "model") if isinstance(method, dict) else str(method)
+    source = Path(acts.meta.get("checkpoint", acts.path)).name
+    return f"{name} ({source})"

@@ -1,0 +1,109 @@
+"""The command-line analyses end to end on two tiny checkpoints."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from analyses import cka as cka_cli
+from analyses import extract as extract_cli
+from repsim.cka import linear_cka
+from repsim.store import ActivationFile
+
+
+def _extract(ckpt, out, *extra):
+    extract_cli.main(["--ckpt", str(ckpt), "--out", str(out), "--n", "120", *extra])
+    return out
+
+
+def test_extract_cli_writes_the_checkpoints_layers(tiny_checkpoints, tmp_path):
+    path = _extract(tiny_checkpoints["a"], tmp_path / "a.h5", "--reduction", "gap")
+    with ActivationFile(path) as f:
+        assert f.layers == ["layers.stem", "layers.s1b1", "layers.s2b1", "layers.s3b1"]
+        assert f.reductions == ["gap"] and f.n == 120
+        assert f.meta["dataset"] == "digits" and f.meta["split"] == "test"
+        assert np.bincount(f.labels).max() - np.bincount(f.labels).min() <= 1
+
+
+def test_same_n_and_seed_select_the_same_inputs(tiny_checkpoints, tmp_path):
+    a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5", "--reduction", "gap")
+    b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5", "--reduction", "gap")
+    c = _extract(tiny_checkpoints["b"], tmp_path / "c.h5", "--reduction", "gap", "--seed", "1")
+    with ActivationFile(a) as fa, ActivationFile(b) as fb, ActivationFile(c) as fc:
+        assert np.array_equal(fa.indices, fb.indices)
+        assert not np.array_equal(fa.indices, fc.indices)
+
+
+def test_cka_cli_writes_heatmaps_numbers_and_layer_matched_lines(tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    cka_cli.main(["--a", str(tiny_checkpoints["a"]), "--b", str(tiny_checkpoints["b"]),
+                  str(tiny_checkpoints["a"]), "--n", "150", "--out", str(out),
+                  "--cache", str(tmp_path / "cache")])
+    names = {p.name for p in out.iterdir()}
+    assert {"a__vs__b.png", "a__vs__b.csv", "a__vs__b.json", "a__vs__a.png",
+            "layer_matched.png", "layer_matched.csv", "args.json"} <= names
+    record = json.loads((out / "a__vs__b.json").read_text())
+    matrix = np.array(record["matrix"])
+    assert matrix.shape == (4, 4) and record["n"] == 150
+    assert record["provenance_a"]["checkpoint_sha256"] != record["provenance_b"]["checkpoint_sha256"]
+    # independent check of one cell from the cached activations
+    cache = sorted((tmp_path / "cache").iterdir())
+    with ActivationFile(cache[0]) as fa, ActivationFile(cache[1]) as fb:
+        expected = linear_cka(fa.read("layers.s2b1", "flatten"), fb.read("layers.s2b1", "flatten"))
+    assert matrix[2, 2] == pytest.approx(expected, abs=1e-9)
+    assert not np.allclose(matrix, 1.0)  # two different networks are not identical
+    self_map = np.array(json.loads((out / "a__vs__a.json").read_text())["matrix"])
+    assert np.allclose(np.diag(self_map), 1.0)
+    with (out / "a__vs__b.csv").open() as f:
+        rows = list(csv.reader(f))
+    assert rows[0][1:] == record["layers_b"] and [r[0] for r in rows[1:]] == record["layers_a"]
+    assert np.allclose([[float(v) for v in r[1:]] for r in rows[1:]], matrix)
+
+
+def test_cka_cli_minibatch_and_h5_inputs(tiny_checkpoints, tmp_path):
+    a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
+    b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5")
+    out = tmp_path / "out"
+    cka_cli.main(["--a", str(a), "--b", str(b), "--batch-size", "40", "--out", str(out)])
+    record = json.loads((out / "a__vs__b.json").read_text())
+    assert record["estimator"] == "minibatch" and record["batch_size"] == 40
+
+
+def _error(capsys_or_none, argv):
+    with pytest.raises(SystemExit) as info:
+        cka_cli.main(argv)
+    return str(info.value.code)
+
+
+def test_cka_cli_missing_file(tmp_path):
+    message = _error(None, ["--a", str(tmp_path / "nope.pt"), "--b", str(tmp_path / "nope.pt"),
+                            "--out", str(tmp_path)])
+    assert message.startswith("error:") and "does not exist" in message
+
+
+def test_cka_cli_not_a_checkpoint(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    message = _error(None, ["--a", str(junk), "--b", str(junk), "--out", str(tmp_path)])
+    assert "not a PyTorch checkpoint" in message
+
+
+def test_cka_cli_mismatched_inputs(tiny_checkpoints, tmp_path):
+    a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
+    b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5", "--seed", "3")
+    message = _error(None, ["--a", str(a), "--b", str(b), "--out", str(tmp_path / "o")])
+    assert "error:" in message and "indices" in message
+
+
+def test_cka_cli_unknown_layer(tiny_checkpoints, tmp_path):
+    a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
+    message = _error(None, ["--a", str(a), "--b", str(a), "--layers", "layers.s9b9",
+                            "--out", str(tmp_path / "o")])
+    assert "layers.s9b9" in message
+
+
+def test_cka_cli_other_split_is_refused(tiny_checkpoints, tmp_path):
+    a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
+    b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5", "--split", "train")
+    message = _error(None, ["--a", str(a), "--b", str(b), "--out", str(tmp_path / "o")])
+    assert "different splits" in message
