@@ -59,9 +59,12 @@ def extract_checkpoint(ckpt: str | Path, out: str | Path, selection: InputSelect
         "seed": selection.seed, "arch": meta["arch"], "method": meta["method"],
         "epoch": meta["epoch"], "test_acc": meta["metrics"].get("test_acc"),
     }
+    # lzf saves little on flattened conv maps but costs ~3× the forward pass (see
+    # benchmarks/extract_throughput.py), so the cache stores those uncompressed.
+    compression = None if "flatten" in reductions else "lzf"
     return extract(model, datasets.eval_batches(inputs, selection.batch_size),
                    layers or meta["layers"], out, reductions=reductions, meta=provenance,
-                   device=device, progress=progress)
+                   compression=compression, device=device, progress=progress)
 
 
 def cached_activations(ckpt: str | Path, selection: InputSelection, *,
@@ -70,15 +73,22 @@ def cached_activations(ckpt: str | Path, selection: InputSelection, *,
                        progress: bool = True) -> ActivationFile:
     """Open the activation file of ``ckpt``, extracting it first unless the cache has it.
 
-    The cache key holds the checkpoint's SHA-256, so a retrained checkpoint is re-extracted.
+    One file per (checkpoint SHA-256, split, n, seed, layers), so a retrained checkpoint is
+    re-extracted; a cached file lacking a requested reduction is re-extracted with the
+    union of its reductions and the requested ones.
     """
-    key = json.dumps([sha256(ckpt), selection.split, selection.n, selection.seed,
-                      sorted(reductions), layers])
+    key = json.dumps([sha256(ckpt), selection.split, selection.n, selection.seed, layers])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(cache) / f"{Path(ckpt).stem}__{selection.split}__{digest}.h5"
-    if not path.exists():
-        extract_checkpoint(ckpt, path, selection, reductions=reductions, layers=layers,
-                           device=device, progress=progress)
+    wanted = set(reductions)
+    if path.exists():
+        acts = ActivationFile(path)
+        if wanted <= set(acts.reductions):
+            return acts
+        wanted |= set(acts.reductions)
+        acts.close()
+    extract_checkpoint(ckpt, path, selection, reductions=tuple(sorted(wanted)), layers=layers,
+                       device=device, progress=progress)
     return ActivationFile(path)
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 from analyses.activations import DEFAULT_CACHE, InputSelection, model_label, open_activations
+from analyses.cli import run_cli
 from repsim import plot
 from repsim.cka import CKAResult, cka_matrix
 from repsim.store import ActivationFile
@@ -147,10 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, CKAResult]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        run(parse_args(argv))
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

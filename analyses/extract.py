@@ -10,14 +10,14 @@ same rows for every checkpoint. Layers default to the checkpoint's own list.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
 from analyses.activations import InputSelection, extract_checkpoint
+from analyses.cli import run_cli
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m analyses.extract", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="checkpoint written by training.train")
@@ -32,18 +32,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     selection = InputSelection(args.split, args.n or None, args.seed, args.data_root,
                                args.batch_size)
-    try:
-        path = extract_checkpoint(args.ckpt, args.out, selection,
-                                  reductions=tuple(args.reduction), layers=args.layers,
-                                  device=args.device)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    path = extract_checkpoint(args.ckpt, args.out, selection, reductions=tuple(args.reduction),
+                              layers=args.layers, device=args.device)
     print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -107,3 +107,41 @@ def test_cka_cli_other_split_is_refused(tiny_checkpoints, tmp_path):
     b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5", "--split", "train")
     message = _error(None, ["--a", str(a), "--b", str(b), "--out", str(tmp_path / "o")])
     assert "different splits" in message
+
+
+def test_probe_cli_writes_table_and_plot(tiny_checkpoints, tmp_path, capsys):
+    from analyses import probe as probe_cli
+
+    out = tmp_path / "probe"
+    probe_cli.main(["--ckpt", str(tiny_checkpoints["a"]), str(tiny_checkpoints["b"]),
+                    "--n-train", "600", "--n-test", "200", "--out", str(out),
+                    "--cache", str(tmp_path / "cache")])
+    assert {"probe.csv", "probe.png", "args.json"} <= {p.name for p in out.iterdir()}
+    with (out / "probe.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and {r["model"] for r in rows} == {"bp (a.pt)", "bp (b.pt)"}
+    assert all(float(r["chance"]) < float(r["test_acc"]) <= 1 for r in rows)
+    assert all(r["n_train"] == "600" and r["n_test"] == "200" for r in rows)
+    assert "linear probe (gap)" in capsys.readouterr().out
+
+
+def test_probe_cli_missing_checkpoint(tmp_path):
+    from analyses import probe as probe_cli
+
+    with pytest.raises(SystemExit, match="does not exist"):
+        probe_cli.main(["--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+
+
+def test_cache_reuses_files_and_adds_missing_reductions(tiny_checkpoints, tmp_path):
+    from analyses.activations import InputSelection, cached_activations
+
+    selection = InputSelection("test", 100, 0)
+    with cached_activations(tiny_checkpoints["a"], selection, reductions=("gap",),
+                            cache=tmp_path, progress=False) as first:
+        path, created = first.path, first.path.stat().st_mtime_ns
+    with cached_activations(tiny_checkpoints["a"], selection, reductions=("gap",),
+                            cache=tmp_path, progress=False) as again:
+        assert again.path == path and path.stat().st_mtime_ns == created
+    with cached_activations(tiny_checkpoints["a"], selection, reductions=("flatten",),
+                            cache=tmp_path, progress=False) as wider:
+        assert wider.path == path and set(wider.reductions) == {"flatten", "gap"}

@@ -24,22 +24,27 @@ class Crash(Exception):
     pass
 
 
+def crash_after_first_epoch(config: TrainConfig, monkeypatch) -> None:
+    """Run ``config`` until the machine 'dies' right after the first epoch's checkpoint."""
+    save = loop.atomic_torch_save
+
+    def save_then_crash(obj, path):
+        save(obj, path)
+        raise Crash
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "atomic_torch_save", save_then_crash)
+        with pytest.raises(Crash):
+            train(config)
+
+
 def test_resume_continues_at_the_next_epoch_with_the_same_state(tmp_path, monkeypatch):
     straight = replace(TINY, out=str(tmp_path / "straight.pt"))
     train(straight)
 
     interrupted = replace(TINY, out=str(tmp_path / "interrupted.pt"))
-    save = loop.atomic_torch_save
-
-    def save_then_crash(obj, path):
-        save(obj, path)
-        raise Crash  # the machine dies right after the first epoch's checkpoint
-
-    monkeypatch.setattr(loop, "atomic_torch_save", save_then_crash)
-    with pytest.raises(Crash):
-        train(interrupted)
+    crash_after_first_epoch(interrupted, monkeypatch)
     assert torch.load(interrupted.out, weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(loop, "atomic_torch_save", save)
     train(replace(interrupted, resume=True))
 
     a = torch.load(straight.out, weights_only=True)
@@ -111,16 +116,7 @@ def test_resume_restores_the_aux_nets(tmp_path, monkeypatch):
     straight = replace(config, out=str(tmp_path / "straight.pt"))
     train(straight)
     interrupted = replace(config, out=str(tmp_path / "interrupted.pt"))
-    save = loop.atomic_torch_save
-
-    def save_then_crash(obj, path):
-        save(obj, path)
-        raise Crash
-
-    monkeypatch.setattr(loop, "atomic_torch_save", save_then_crash)
-    with pytest.raises(Crash):
-        train(interrupted)
-    monkeypatch.setattr(loop, "atomic_torch_save", save)
+    crash_after_first_epoch(interrupted, monkeypatch)
     train(replace(interrupted, resume=True))
     a = torch.load(straight.out, weights_only=True)["aux_state_dict"]
     b = torch.load(interrupted.out, weights_only=True)["aux_state_dict"]
