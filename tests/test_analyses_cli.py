@@ -45,7 +45,8 @@ def test_cka_cli_writes_heatmaps_numbers_and_layer_matched_lines(tiny_checkpoint
     record = json.loads((out / "a__vs__b.json").read_text())
     matrix = np.array(record["matrix"])
     assert matrix.shape == (4, 4) and record["n"] == 150
-    assert record["provenance_a"]["checkpoint_sha256"] != record["provenance_b"]["checkpoint_sha256"]
+    sha = [record[f"provenance_{side}"]["checkpoint_sha256"] for side in "ab"]
+    assert sha[0] != sha[1]
     # independent check of one cell from the cached activations
     cache = sorted((tmp_path / "cache").iterdir())
     with ActivationFile(cache[0]) as fa, ActivationFile(cache[1]) as fb:

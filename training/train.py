@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from training import data as datasets
 from training.auglocal import aux_plan, render_plan
-from training.checkpoint import FORMAT, FORMAT_VERSION, arch_config, atomic_torch_save, read_checkpoint
+from training.checkpoint import (FORMAT, FORMAT_VERSION, arch_config, atomic_torch_save,
+                                 read_checkpoint)
 from training.local import METHODS, MethodConfig
 from training.memory import forward_macs, measure_step_memory
 from training.models import BLOCKS_PER_STAGE, ResNet, build_model
@@ -304,9 +305,9 @@ def train(config: TrainConfig) -> dict:
                                     lr_at=lr_at, device=device, progress=bar)
             test_loss, test_acc = evaluate(model, test_set, batch_size=config.eval_batch_size,
                                            device=device)
-            record = {"event": "epoch", "epoch": epoch + 1, "lr_start": lr_at(0), "train_loss": stats.train_loss,
-                      "train_acc": stats.train_acc, "test_loss": test_loss,
-                      "test_acc": test_acc, "epoch_seconds": stats.seconds,
+            record = {"event": "epoch", "epoch": epoch + 1, "lr_start": lr_at(0),
+                      "train_loss": stats.train_loss, "train_acc": stats.train_acc,
+                      "test_loss": test_loss, "test_acc": test_acc, "epoch_seconds": stats.seconds,
                       "images_per_second": stats.images / stats.seconds}
             history.append(record)
             log.write(json.dumps(record) + "\n")
