@@ -103,6 +103,15 @@ def open_activations(source: str | Path, selection: InputSelection, **kwargs) ->
     return cached_activations(source, selection, **kwargs)
 
 
+def check_distinct_names(sources: list[str]) -> None:
+    """Outputs are named after file stems: refuse two inputs that would share a name."""
+    stems = [Path(s).stem for s in sources]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise ValueError(f"several inputs are named {clashes} (file names without folder and "
+                         "suffix name the outputs); give each input a distinct file name")
+
+
 def model_label(acts: ActivationFile) -> str:
     """A short name for legends and axes: the method and file stem, e.g. 'auglocal (al.pt)'."""
     method = acts.meta.get("method", {})

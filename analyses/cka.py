@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from analyses.activations import DEFAULT_CACHE, InputSelection, model_label, open_activations
+from analyses.activations import (DEFAULT_CACHE, InputSelection, check_distinct_names,
+                                  model_label, open_activations)
 from analyses.cli import run_cli
 from repsim import plot
 from repsim.cka import CKAResult, cka_matrix
@@ -118,6 +119,7 @@ def write_layer_matched(results: dict[str, CKAResult], reference: str, out: Path
 def run(args: argparse.Namespace) -> dict[str, CKAResult]:
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_distinct_names(list(dict.fromkeys([args.a, *args.b])))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     selection = InputSelection(args.split, args.n or None, args.seed, args.data_root)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from analyses.activations import DEFAULT_CACHE, InputSelection, model_label, open_activations
+from analyses.activations import (DEFAULT_CACHE, InputSelection, check_distinct_names,
+                                  model_label, open_activations)
 from analyses.cli import run_cli
 from repsim import plot
 from repsim.probe import ProbeTable, probe_layers
@@ -88,6 +89,7 @@ def print_table(tables: dict[str, ProbeTable]) -> None:
 def run(args: argparse.Namespace) -> dict[str, ProbeTable]:
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_distinct_names(args.ckpt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tables = dict(probe_checkpoint(ckpt, args) for ckpt in args.ckpt)

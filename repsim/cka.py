@@ -591,6 +591,10 @@ def _check_settings(*, kernel: str, threshold: float | None, debiased: bool, n: 
     if kernel == "rbf" and not (isinstance(threshold, (int, float)) and 0 < threshold < math.inf):
         raise ValueError(f"threshold must be a positive finite number (the RBF bandwidth as a "
                          f"fraction of the median distance), got {threshold!r}")
+    min_rows = 4 if debiased else 2
+    if n < min_rows:
+        raise ValueError(f"{'debiased' if debiased else 'biased'} CKA needs at least {min_rows} "
+                         f"rows, got n={n}; use more inputs")
     if batch_size is not None:
         if kernel != "linear":
             raise ValueError(f"the minibatch estimator (batch_size={batch_size}) supports only "
@@ -605,10 +609,6 @@ def _check_settings(*, kernel: str, threshold: float | None, debiased: bool, n: 
                 f"n={n} rows in batches of {batch_size} leave a last batch of {last} rows, but "
                 f"HSIC₁ needs >= 4; choose a batch_size whose remainder is 0 or >= 4, e.g. "
                 f"{_nearest_batch_size(n, batch_size)}")
-    min_rows = 4 if debiased else 2
-    if n < min_rows:
-        raise ValueError(f"{'debiased' if debiased else 'biased'} CKA needs at least {min_rows} "
-                         f"rows, got n={n}; use more inputs")
 
 
 def _nearest_batch_size(n: int, batch_size: int) -> int:

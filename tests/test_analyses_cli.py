@@ -146,3 +146,11 @@ def test_cache_reuses_files_and_adds_missing_reductions(tiny_checkpoints, tmp_pa
     with cached_activations(tiny_checkpoints["a"], selection, reductions=("flatten",),
                             cache=tmp_path, progress=False) as wider:
         assert wider.path == path and set(wider.reductions) == {"flatten", "gap"}
+
+
+def test_cka_cli_refuses_inputs_with_the_same_name(tiny_checkpoints, tmp_path):
+    a = _extract(tiny_checkpoints["a"], tmp_path / "x" / "m.h5")
+    b = _extract(tiny_checkpoints["b"], tmp_path / "y" / "m.h5")
+    c = _extract(tiny_checkpoints["a"], tmp_path / "c.h5")
+    message = _error(None, ["--a", str(c), "--b", str(a), str(b), "--out", str(tmp_path / "o")])
+    assert "named ['m']" in message and "distinct file name" in message

@@ -30,8 +30,19 @@ def test_round_trip_reproduces_the_logits_exactly(trained):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"does not exist.*--out .*nope\.pt"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_checkpoints_get_the_usual_file_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        atomic_torch_save({"a": 1}, tmp_path / "x.pt")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o644
 
 
 def test_text_file_is_not_a_checkpoint(tmp_path):

@@ -478,6 +478,8 @@ def test_bad_settings():
         cka_matrix({"x": x}, {"y": y}, batch_size=49)
     with pytest.raises(ValueError, match="reduction='gap' applies to activation files"):
         cka_matrix({"x": x}, {"y": y}, reduction="gap")
+    with pytest.raises(ValueError, match="needs at least 4 rows, got n=3"):
+        cka_matrix({"x": x[:3]}, {"y": y[:3]}, batch_size=8)
 
 
 def test_mismatched_inputs_rejected():

@@ -135,12 +135,28 @@ def test_resume_with_other_method_settings_is_refused(tmp_path):
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     out = tmp_path / "al.pt"
+    out.write_bytes(b"an earlier run")   # a dry run neither refuses nor touches it
     main(["--method", "auglocal", "--arch", "resnet32", "--dataset", "digits", "--dry-run",
           "--out", str(out)])
     text = capsys.readouterr().out
     assert "| 0 | 16 | 2 | 8[32,s2] 15[64,s2] |" in text   # the spec's golden row
     assert "13–15 + head" in text and "aux 1,341,058" in text  # spec §7: 1.34 M aux params
-    assert not out.exists()
+    assert out.read_bytes() == b"an earlier run"
+
+
+def test_overwrite_starts_a_new_log(tmp_path):
+    config = replace(TINY, epochs=1, out=str(tmp_path / "bp.pt"))
+    train(config)
+    train(replace(config, overwrite=True))
+    events = [json.loads(line)["event"] for line in (tmp_path / "bp.jsonl").open()]
+    assert events == ["cost", "epoch"]
+
+
+def test_subset_depends_on_subset_seed_not_on_seed():
+    a = loop.load_data(replace(TINY, subset=500, seed=0))[0]
+    b = loop.load_data(replace(TINY, subset=500, seed=1))[0]
+    c = loop.load_data(replace(TINY, subset=500, subset_seed=1))[0]
+    assert torch.equal(a.indices, b.indices) and not torch.equal(a.indices, c.indices)
 
 
 def test_impossible_method_settings_give_a_clear_error(tmp_path):

@@ -44,10 +44,17 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def arch_config(name: str, model: ResNet, in_channels: int, num_classes: int) -> dict:
@@ -61,7 +68,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with "
-                                "`python -m training.train ... --out {path}`")
+                                f"`python -m training.train ... --out {path}`")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
     try:

@@ -50,6 +50,8 @@ class TrainConfig:
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     subset: int | None = None          # class-balanced training subset size (None: all)
+    subset_seed: int = 0               # which subset (kept apart from --seed, so models
+                                       # of different seeds can see the same images)
     epochs: int = 2
     batch_size: int = 128
     lr: float = 0.1                    # peak learning rate
@@ -79,7 +81,8 @@ class TrainConfig:
 
 # Settings a resumed run must share with the checkpoint it continues.
 RESUME_KEYS = ("method", "K", "aux_depth", "pyramid_coeff", "arch", "width", "dataset",
-               "subset", "batch_size", "lr", "momentum", "weight_decay", "seed")
+               "subset", "subset_seed", "epochs", "warmup_epochs", "batch_size", "lr",
+               "momentum", "weight_decay", "seed")
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def load_data(config: TrainConfig) -> tuple[datasets.ImageSet, datasets.ImageSet
     test = datasets.load_split(config.dataset, "test", data_root=config.data_root)
     if config.subset is not None:
         train = datasets.take(train, datasets.balanced_subset(train.labels, config.subset,
-                                                              config.seed))
+                                                              config.subset_seed))
     return train, test
 
 
@@ -241,8 +244,9 @@ def describe(config: TrainConfig, method: MethodConfig, step, info) -> str:
     if method.name == "auglocal":
         plan = aux_plan(model.layer_widths, method.K, method.aux_depth, method.tau)
         lines.append(render_plan(plan, model.layer_widths))
-    x = torch.zeros(2, info.channels, info.image_size, info.image_size)
-    y = torch.zeros(2, dtype=torch.long)
+    device = next(model.parameters()).device
+    x = torch.zeros(2, info.channels, info.image_size, info.image_size, device=device)
+    y = torch.zeros(2, dtype=torch.long, device=device)
     primary = forward_macs(model, lambda: model.eval()(x))
     total = forward_macs(step.trainable, lambda: step(x, y))
     n_primary = sum(p.numel() for p in model.parameters())
@@ -257,14 +261,13 @@ def train(config: TrainConfig) -> dict:
     """Run (or resume) a training run; returns the final checkpoint's metrics."""
     check_config(config)
     out = Path(config.out)
-    if out.exists() and not (config.resume or config.overwrite):
+    if out.exists() and not (config.resume or config.overwrite or config.dry_run):
         raise FileExistsError(f"{out} exists: pass --resume to continue that run or "
                               "--overwrite to start again")
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
-    train_set, test_set = load_data(config)
-    info = train_set.info
+    info = datasets.dataset_info(config.dataset)
     torch.manual_seed(config.seed)
     model = build_model(config.arch, width=config.width, in_channels=info.channels,
                         num_classes=info.num_classes).to(device)
@@ -274,6 +277,7 @@ def train(config: TrainConfig) -> dict:
     if config.dry_run:
         print(describe(config, method, step, info))
         return {"epochs": []}
+    train_set, test_set = load_data(config)
     optimizer = make_optimizer(config, step.trainable.parameters())
     done, history, cost = 0, [], {}
     if config.resume and out.exists():
@@ -290,7 +294,7 @@ def train(config: TrainConfig) -> dict:
                                            epoch=0))
         cost = run_cost(step, config, x.to(device), y.to(device))
     config.log_path.parent.mkdir(parents=True, exist_ok=True)
-    with config.log_path.open("a") as log:
+    with config.log_path.open("a" if done else "w") as log:
         if done == 0:
             log.write(json.dumps({"event": "cost", **cost}) + "\n")
         for epoch in range(done, config.epochs):
@@ -310,10 +314,10 @@ def train(config: TrainConfig) -> dict:
                       "test_loss": test_loss, "test_acc": test_acc, "epoch_seconds": stats.seconds,
                       "images_per_second": stats.images / stats.seconds}
             history.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
             atomic_torch_save(checkpoint_dict(config, method, step, optimizer, info, epoch + 1,
                                               history, cost), out)
+            log.write(json.dumps(record) + "\n")  # after the checkpoint: a resume never
+            log.flush()                              # logs an epoch twice
             print(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.train_loss:.4f}, "
                   f"test acc {test_acc:.4f} ({stats.images / stats.seconds:.0f} img/s)")
     return {"epochs": history}
@@ -337,7 +341,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--dataset", default=defaults.dataset, choices=list(datasets.DATASETS))
     p.add_argument("--data-root", help="folder with the dataset files (CIFAR-10/SVHN/STL-10; "
                    "Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--subset", type=int, help="train on a seeded class-balanced subset of N")
+    p.add_argument("--subset", type=int, help="train on a class-balanced subset of N images")
+    p.add_argument("--subset-seed", type=int, default=defaults.subset_seed,
+                   help="which subset (0); independent of --seed")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
