@@ -107,7 +107,8 @@ def assert_same_parameters(ckpt: dict, reference: dict[str, torch.Tensor]) -> No
 @pytest.mark.parametrize("config", [
     replace(TINY, method="bp"),
     replace(TINY, method="auglocal", arch="resnet14"),   # aux nets on layers 0…3
-], ids=["bp", "auglocal"])
+    replace(TINY, method="dgl", arch="resnet14"),        # aux nets on layers 0…5
+], ids=["bp", "auglocal", "dgl"])
 def test_two_processes_match_one_that_accumulates_the_micro_batches(tmp_path, config):
     config = replace(config, out=str(tmp_path / f"{config.method}.pt"))
     run = torchrun(config)
