@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int,
                    help="minibatch CKA (Nguyen et al. 2021) over batches of this size; "
                         "default: the full-batch estimator")
+    p.add_argument("--max-memory", type=float, metavar="MIB",
+                   help="minibatch CKA with the largest batch whose working memory fits in "
+                        "this many MiB (repsim.cka.minibatch_memory): for activation files "
+                        "larger than memory; instead of --batch-size")
     p.add_argument("--n", type=int, default=2000, help="test inputs (2000; 0: all)")
     p.add_argument("--seed", type=int, default=0, help="which inputs when --n is a subset")
     p.add_argument("--split", default="test", choices=["train", "test"])
@@ -80,10 +84,11 @@ def title_of(result: CKAResult) -> str:
 def compare(a: ActivationFile, b: ActivationFile, stem: str, args: argparse.Namespace,
             out: Path) -> CKAResult:
     check_same_inputs(a, b)
+    max_memory = None if args.max_memory is None else int(args.max_memory * 2**20)
     result = cka_matrix(a, b, kernel=args.kernel, debiased=args.debiased,
                         batch_size=args.batch_size, threshold=args.threshold,
                         reduction=args.reduction, layers_a=args.layers, layers_b=args.layers,
-                        device=args.device)
+                        device=args.device, max_memory=max_memory)
     name_a, name_b = model_label(a), model_label(b)
     plot.save_figure(plot.cka_heatmap(result.matrix, result.layers_a, result.layers_b,
                                       name_a=name_a, name_b=name_b, title=title_of(result)),

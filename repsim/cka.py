@@ -41,6 +41,8 @@ __all__ = [
     "cka_matrix",
     "hsic_unbiased",
     "linear_cka",
+    "minibatch_batch_size",
+    "minibatch_memory",
     "rbf_cka",
 ]
 
@@ -247,6 +249,7 @@ def cka_matrix(
     layers_b: Sequence[str] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    max_memory: int | None = None,
 ) -> CKAResult:
     """CKA between every layer of a and every layer of b.
 
@@ -259,7 +262,10 @@ def cka_matrix(
     Gram matrix (or centred features) computed once, all pairs in one GEMM; needs
     (La + Lb)·n²·8 bytes when some layer has p ≥ n. ``batch_size=B``: the minibatch estimator of
     Nguyen et al. (2021), which is HSIC₁-based (so ``debiased`` is recorded as True), linear
-    kernel only, reading B rows of each side at a time in stored order.
+    kernel only, reading B rows of each side at a time in stored order, so activation files
+    larger than memory stream through in row blocks. ``max_memory`` (bytes, instead of
+    ``batch_size``): the minibatch estimator with the largest B whose working memory
+    :func:`minibatch_memory` fits in it (the result records B).
     ``progress=True`` shows a tqdm bar over layers (full) or batches (minibatch).
     """
     src_a = _source(a, "a", reduction)
@@ -268,6 +274,12 @@ def cka_matrix(
     names_a = _select_layers(layers_a, src_a, "layers_a")
     names_b = _select_layers(layers_b, src_b, "layers_b")
     n = _check_rows(src_a, src_b)
+    if max_memory is not None:
+        if batch_size is not None:
+            raise ValueError(f"pass batch_size ({batch_size}) or max_memory ({max_memory}), not "
+                             f"both: max_memory picks the batch size")
+        batch_size = minibatch_batch_size([src_a.width(m) for m in names_a],
+                                          [src_b.width(m) for m in names_b], n, max_memory)
     minibatch = batch_size is not None
     debiased = debiased or minibatch
     _check_settings(kernel=kernel, threshold=threshold, debiased=debiased, n=n,
@@ -295,6 +307,54 @@ def cka_matrix(
         estimator="minibatch" if minibatch else "full", kernel=kernel, debiased=debiased,
         reduction=src_a.reduction or src_b.reduction, batch_size=batch_size,
         threshold=threshold if kernel == "rbf" else None)
+
+
+def minibatch_memory(widths_a: Sequence[int], widths_b: Sequence[int], batch_size: int) -> int:
+    """Bytes the minibatch estimator holds at once with batch size B (a generous estimate).
+
+    widths_a, widths_b: the feature count p of each layer of a and of b (Pa, Pb their sums,
+    La, Lb their counts, p_max the widest). One update holds the B rows of every layer of
+    both sides as read (float32, 4·B·(Pa + Pb)), one layer at a time converted to float64 and
+    centred (17·B·p_max), and the kernelised sides: in Gram form (some p ≥ B) the (B, B)
+    float64 Grams of every layer plus one being formed, 8·B²·(La + Lb + 1); in feature form
+    (every p < B) the centred features, 16·B·(Pa + Pb), and their (Pa, Pb) cross product
+    squared, 16·Pa·Pb. Not counted: the interpreter and libraries, and HDF5's chunk cache
+    (up to 1 MiB per dataset being read).
+    """
+    pa, pb = sum(widths_a), sum(widths_b)
+    p_max = max([*widths_a, *widths_b])
+    b = int(batch_size)
+    read = 4 * b * (pa + pb) + 17 * b * p_max
+    if _prefer_features([*widths_a, *widths_b], b):
+        return read + 16 * b * (pa + pb) + 16 * pa * pb
+    return read + 8 * b * b * (len(widths_a) + len(widths_b) + 1)
+
+
+def minibatch_batch_size(widths_a: Sequence[int], widths_b: Sequence[int], n: int,
+                         max_memory: int) -> int:
+    """The largest batch size B ≤ n whose :func:`minibatch_memory` fits in ``max_memory`` bytes
+    and whose last batch is empty or has ≥ 4 rows (HSIC₁'s minimum)."""
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) \
+            or max_memory <= 0:
+        raise ValueError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    need = minibatch_memory(widths_a, widths_b, 4)
+    if need > max_memory:
+        raise ValueError(
+            f"max_memory={max_memory / 2**20:.1f} MiB cannot hold even a batch of 4 rows, "
+            f"which needs {need / 2**20:.1f} MiB for {len(widths_a)} + {len(widths_b)} layers "
+            f"of {sum(widths_a):,} + {sum(widths_b):,} features; allow more memory, select "
+            f"fewer layers, or use a smaller reduction (gap or pool<k>)")
+    # memory grows at least as 4·B·(Pa + Pb): no B above this bound can fit
+    top = min(n, max_memory // (4 * (sum(widths_a) + sum(widths_b))))
+    if n < 4:
+        raise ValueError(f"the minibatch estimator needs at least 4 rows, got n={n}")
+    for b in range(max(top, 4), 3, -1):
+        last = n % b
+        if (last == 0 or last >= 4) and minibatch_memory(widths_a, widths_b, b) <= max_memory:
+            return b
+    raise ValueError(f"no batch size from 4 to {max(top, 4)} both fits max_memory="
+                     f"{max_memory / 2**20:.1f} MiB and leaves a last batch of 0 or >= 4 of the "
+                     f"n={n} rows; allow a little more memory or use batch_size=")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +430,7 @@ def _kernelise(xs: Iterable[torch.Tensor], count: int, n: int, *, kernel: Kernel
     degenerate = torch.empty(count, dtype=torch.bool, device=device)
     for i, x in enumerate(xs):
         xc, degenerate[i] = _centre(x)
+        del x  # hold one copy of the layer, not two, while the next one is read
         if feature_form:
             blocks.append(xc)
             widths.append(xc.shape[1])
@@ -379,6 +440,7 @@ def _kernelise(xs: Iterable[torch.Tensor], count: int, n: int, *, kernel: Kernel
             self_inner[i] = _gram(xc.T if xc.shape[1] <= n else xc).square().sum()
             continue
         k = _gram(xc)
+        del xc
         if kernel == "rbf":
             d2 = _sq_distances(k)
             median = _median(d2)  # Kornblith's bandwidth: over all n² entries, diagonal included

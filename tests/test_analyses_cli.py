@@ -70,6 +70,18 @@ def test_cka_cli_minibatch_and_h5_inputs(tiny_checkpoints, tmp_path):
     assert record["estimator"] == "minibatch" and record["batch_size"] == 40
 
 
+def test_cka_cli_max_memory_picks_the_minibatch_size(tiny_checkpoints, tmp_path):
+    a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
+    b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5")
+    out = tmp_path / "out"
+    cka_cli.main(["--a", str(a), "--b", str(b), "--max-memory", "4", "--out", str(out)])
+    record = json.loads((out / "a__vs__b.json").read_text())
+    assert record["estimator"] == "minibatch" and 4 <= record["batch_size"] <= 120
+    message = _error(None, ["--a", str(a), "--b", str(b), "--max-memory", "0.0001",
+                            "--out", str(out)])
+    assert message.startswith("error:") and "cannot hold even a batch of 4 rows" in message
+
+
 def _error(capsys_or_none, argv):
     with pytest.raises(SystemExit) as info:
         cka_cli.main(argv)

@@ -22,6 +22,8 @@ from repsim.cka import (
     cka_matrix,
     hsic_unbiased,
     linear_cka,
+    minibatch_batch_size,
+    minibatch_memory,
     rbf_cka,
 )
 
@@ -254,6 +256,41 @@ def test_minibatch_matrix_over_files_reads_one_batch_at_a_time():
     assert all(r.stop - r.start <= 16 for r in a.rows_read + b.rows_read)
     assert (result.estimator, result.batch_size, result.debiased) == ("minibatch", 16, True)
     assert result.reduction == "flatten"
+
+
+def test_max_memory_picks_the_largest_batch_that_fits():
+    rng = np.random.default_rng(2)
+    widths_a, widths_b, n = (8, 70), (5, 9, 80), 60
+    a = FakeActivationFile({f"a{i}": rng.standard_normal((n, p)) for i, p in enumerate(widths_a)})
+    b = FakeActivationFile({f"b{i}": rng.standard_normal((n, p)) for i, p in enumerate(widths_b)})
+    budget = minibatch_memory(widths_a, widths_b, 20)
+    chosen = minibatch_batch_size(widths_a, widths_b, n, budget)
+    assert chosen >= 20 and minibatch_memory(widths_a, widths_b, chosen) <= budget
+    valid = [c for c in range(chosen + 1, n + 1) if n % c == 0 or n % c >= 4]
+    assert all(minibatch_memory(widths_a, widths_b, c) > budget for c in valid)
+
+    result = cka_matrix(a, b, max_memory=budget)
+    assert (result.estimator, result.batch_size) == ("minibatch", chosen)
+    assert all(r.stop - r.start <= chosen for r in a.rows_read + b.rows_read)
+    same = cka_matrix(a, b, batch_size=chosen)
+    np.testing.assert_array_equal(result.matrix, same.matrix)
+
+
+def test_memory_rule_grows_with_batch_and_layers():
+    assert minibatch_memory([10], [10], 8) < minibatch_memory([10], [10], 16)
+    assert minibatch_memory([10], [10], 16) < minibatch_memory([10, 10], [10], 16)
+    # the rows as read (float32) are a lower bound
+    assert minibatch_memory([300, 200], [100], 32) >= 4 * 32 * 600
+
+
+def test_max_memory_errors_name_the_fix():
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    with pytest.raises(ValueError, match="cannot hold even a batch of 4 rows.*fewer layers"):
+        cka_matrix({"x": x}, {"y": x}, max_memory=100)
+    with pytest.raises(ValueError, match="not both"):
+        cka_matrix({"x": x}, {"y": x}, max_memory=2**20, batch_size=10)
+    with pytest.raises(ValueError, match="max_memory must be a positive number of bytes"):
+        cka_matrix({"x": x}, {"y": x}, max_memory=0)
 
 
 @pytest.mark.parametrize("kernel,debiased", [("linear", False), ("linear", True),

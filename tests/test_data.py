@@ -128,6 +128,22 @@ def test_train_batches_depend_only_on_seed_and_epoch():
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 
 
+def test_rank_shares_interleave_into_the_one_process_batches():
+    """Under torchrun, rank r of N gets rows r, r + N, … of each global batch, augmented as a
+    one-process run augments them (crop and flip draws included)."""
+    info = ds.DATASETS["cifar10"]
+    n = 40
+    data = ds.ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8),
+                       torch.arange(n) % 10, torch.arange(n), info)
+    whole = list(ds.train_batches(data, 12, seed=3, epoch=1))
+    shares = [list(ds.train_batches(data, 12, seed=3, epoch=1, rank=r, world_size=3))
+              for r in range(3)]
+    assert all(len(s) == len(whole) for s in shares)
+    for i, (x, y) in enumerate(whole):
+        for r in range(3):
+            assert torch.equal(shares[r][i][0], x[r::3]) and torch.equal(shares[r][i][1], y[r::3])
+
+
 def test_batch_larger_than_the_set_is_refused():
     data = ds.load_split("digits", "test")
     with pytest.raises(ds.DatasetError, match="batch size 5000 exceeds"):

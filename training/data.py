@@ -200,7 +200,9 @@ def train_batches(data: ImageSet, batch_size: int, *, seed: int, epoch: int,
 
     The order and the augmentation depend only on (seed, epoch), so a resumed run sees the
     same batches. The last incomplete batch is dropped (BatchNorm and equal-size steps).
-    With ``world_size > 1`` each rank takes an interleaved share of every global batch.
+    With ``world_size > 1`` each rank takes an interleaved share (rows rank, rank + world_size,
+    …) of every global batch, augmented exactly as in a one-process run: the whole global
+    batch is augmented (the same random draws on every rank) and the share taken after.
     """
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(data), generator=gen)
@@ -208,9 +210,9 @@ def train_batches(data: ImageSet, batch_size: int, *, seed: int, epoch: int,
     if n_batches == 0:
         raise DatasetError(f"batch size {batch_size} exceeds the {len(data)} training images")
     for i in range(n_batches):
-        rows = order[i * batch_size:(i + 1) * batch_size][rank::world_size]
-        images = augment(data.images[rows], data.info, gen)
-        yield normalise(images, data.info), data.labels[rows]
+        rows = order[i * batch_size:(i + 1) * batch_size]
+        images = augment(data.images[rows], data.info, gen)[rank::world_size]
+        yield normalise(images, data.info), data.labels[rows[rank::world_size]]
 
 
 def eval_batches(data: ImageSet, batch_size: int

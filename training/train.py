@@ -10,11 +10,17 @@ One loop for every method: a method is a *step* (see :mod:`training.step`). Each
 with a test-set evaluation, a line in the JSON-lines log and an atomically written checkpoint,
 so ``--resume`` continues from the last completed epoch with the same optimiser state and,
 because batch order and augmentation depend only on (seed, epoch), the same batches.
+
+Under ``torchrun --nproc_per_node=N -m training.train ...`` the run is data-parallel (see
+:mod:`training.distributed`): ``--batch-size`` stays the global batch, each process trains on
+an interleaved 1/N of it, gradients are averaged once per step after all local backwards, and
+only rank 0 prints, logs and writes checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
@@ -30,9 +36,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training import data as datasets
+from training import distributed
 from training.auglocal import aux_plan, render_plan
 from training.checkpoint import (FORMAT, FORMAT_VERSION, arch_config, atomic_torch_save,
                                  read_checkpoint)
+from training.distributed import SINGLE, World
 from training.local import METHODS, MethodConfig
 from training.memory import forward_macs, measure_step_memory
 from training.models import BLOCKS_PER_STAGE, ResNet, build_model
@@ -93,8 +101,10 @@ class EpochStats:
     seconds: float
 
 
-def check_config(config: TrainConfig) -> None:
-    """Reject impossible settings up front, naming the flag and the fix."""
+def check_config(config: TrainConfig, world_size: int = 1) -> None:
+    """Reject impossible settings up front, naming the flag and the fix.
+
+    ``world_size``: the processes of a torchrun run, which share each global batch."""
     problems = []
     if config.method not in METHODS:
         problems.append(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
@@ -110,6 +120,10 @@ def check_config(config: TrainConfig) -> None:
         problems.append(f"--warmup-epochs {config.warmup}: must lie in [0, --epochs]")
     if config.resume and config.overwrite:
         problems.append("--resume and --overwrite contradict each other: pick one")
+    if config.batch_size >= 1 and config.batch_size % world_size:
+        problems.append(f"--batch-size {config.batch_size} is the global batch and must be "
+                        f"divisible by the {world_size} processes; choose e.g. "
+                        f"{max(config.batch_size // world_size, 1) * world_size}")
     if problems:
         raise ValueError("invalid training settings:\n  " + "\n  ".join(problems))
 
@@ -130,8 +144,12 @@ def make_optimizer(config: TrainConfig, params: Iterable[nn.Parameter]) -> torch
 def train_epoch(step, optimizer: torch.optim.Optimizer,
                 batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
                 lr_at: Callable[[int], float], device: torch.device,
-                progress: tqdm | None = None) -> EpochStats:
-    """One pass over ``batches``; ``lr_at(i)`` is the learning rate of batch i."""
+                progress: tqdm | None = None, world: World = SINGLE) -> EpochStats:
+    """One pass over ``batches``; ``lr_at(i)`` is the learning rate of batch i.
+
+    With a distributed ``world``, ``batches`` are this rank's shares of the global batches,
+    gradients are averaged over the ranks before each optimiser step, and the returned loss,
+    accuracy and image count cover all ranks."""
     step.trainable.train()  # primary and aux nets alike
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -142,7 +160,8 @@ def train_epoch(step, optimizer: torch.optim.Optimizer,
         for group in optimizer.param_groups:
             group["lr"] = lr_at(i)
         optimizer.zero_grad(set_to_none=True)
-        out = step(x, y)
+        out = step(x, y)   # every backward of the step, local methods included
+        distributed.average_gradients(step.trainable, world)
         optimizer.step()
         loss_sum += out.loss * len(y)
         correct += (out.logits.argmax(1) == y).sum()
@@ -154,7 +173,9 @@ def train_epoch(step, optimizer: torch.optim.Optimizer,
                 progress.set_postfix(loss=f"{loss_sum.item() / seen:.3f}",
                                      img_s=f"{seen / elapsed:.0f}")
     seconds = time.perf_counter() - start
-    return EpochStats(loss_sum.item() / seen, correct.item() / seen, seen, seconds)
+    loss_total, correct_total, seen = distributed.sum_over_ranks(
+        [loss_sum.item(), correct.item(), seen], world, device)
+    return EpochStats(loss_total / seen, correct_total / seen, int(seen), seconds)
 
 
 @torch.inference_mode()
@@ -258,15 +279,27 @@ def describe(config: TrainConfig, method: MethodConfig, step, info) -> str:
 
 
 def train(config: TrainConfig) -> dict:
-    """Run (or resume) a training run; returns the final checkpoint's metrics."""
-    check_config(config)
+    """Run (or resume) a training run; returns the final checkpoint's metrics.
+
+    Under torchrun every process calls this (see :mod:`training.distributed`); rank 0 returns
+    the metrics, the other ranks only those of the epochs they resumed from."""
+    check_config(config, distributed.world_from_env().world_size)
     out = Path(config.out)
     if out.exists() and not (config.resume or config.overwrite or config.dry_run):
         raise FileExistsError(f"{out} exists: pass --resume to continue that run or "
                               "--overwrite to start again")
+    world, device, created = distributed.setup(config.device)
+    try:
+        return _train(config, world, device)
+    finally:
+        distributed.teardown(created)
+
+
+def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
+    out = Path(config.out)
+    say = print if world.is_main else (lambda *args, **kwargs: None)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device)
     info = datasets.dataset_info(config.dataset)
     torch.manual_seed(config.seed)
     model = build_model(config.arch, width=config.width, in_channels=info.channels,
@@ -275,51 +308,65 @@ def train(config: TrainConfig) -> dict:
     step = method.build_step(model, num_classes=info.num_classes,
                              input_size=(info.channels, info.image_size, info.image_size))
     if config.dry_run:
-        print(describe(config, method, step, info))
+        say(describe(config, method, step, info))
         return {"epochs": []}
+    distributed.broadcast_module(step.trainable, world)  # identical start on every rank
     train_set, test_set = load_data(config)
     optimizer = make_optimizer(config, step.trainable.parameters())
     done, history, cost = 0, [], {}
     if config.resume and out.exists():
-        done, history, cost = restore(config, step, optimizer)
+        done, history, cost = restore(config, step, optimizer)  # on every rank
     elif config.resume:
-        print(f"--resume: no checkpoint at {out} yet, starting from scratch")
+        say(f"--resume: no checkpoint at {out} yet, starting from scratch")
     if done >= config.epochs:
-        print(f"{out} has already completed {done} epochs; nothing to do")
+        say(f"{out} has already completed {done} epochs; nothing to do")
         return {"epochs": history}
 
     steps = len(train_set) // config.batch_size
-    if not cost:
-        x, y = next(datasets.train_batches(train_set, config.batch_size, seed=config.seed,
-                                           epoch=0))
+
+    def batches(epoch: int):
+        return datasets.train_batches(train_set, config.batch_size, seed=config.seed,
+                                      epoch=epoch, rank=world.rank,
+                                      world_size=world.world_size)
+
+    if not cost and world.is_main:  # the step of one process, on its share of a batch
+        x, y = next(batches(0))
         cost = run_cost(step, config, x.to(device), y.to(device))
-    config.log_path.parent.mkdir(parents=True, exist_ok=True)
-    with config.log_path.open("a" if done else "w") as log:
-        if done == 0:
+    log = contextlib.nullcontext()
+    if world.is_main:
+        config.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = config.log_path.open("a" if done else "w")
+    with log:
+        if done == 0 and world.is_main:
             log.write(json.dumps({"event": "cost", **cost}) + "\n")
         for epoch in range(done, config.epochs):
             lr_at = lambda i, e=epoch: learning_rate(e + i / steps, lr=config.lr,  # noqa: E731
                                                      epochs=config.epochs,
                                                      warmup_epochs=config.warmup)
             with tqdm(total=steps, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}",
-                      unit="batch", disable=not config.progress, leave=False) as bar:
-                stats = train_epoch(step, optimizer,
-                                    datasets.train_batches(train_set, config.batch_size,
-                                                           seed=config.seed, epoch=epoch),
-                                    lr_at=lr_at, device=device, progress=bar)
-            test_loss, test_acc = evaluate(model, test_set, batch_size=config.eval_batch_size,
-                                           device=device)
-            record = {"event": "epoch", "epoch": epoch + 1, "lr_start": lr_at(0),
-                      "train_loss": stats.train_loss, "train_acc": stats.train_acc,
-                      "test_loss": test_loss, "test_acc": test_acc, "epoch_seconds": stats.seconds,
-                      "images_per_second": stats.images / stats.seconds}
-            history.append(record)
-            atomic_torch_save(checkpoint_dict(config, method, step, optimizer, info, epoch + 1,
-                                              history, cost), out)
-            log.write(json.dumps(record) + "\n")  # after the checkpoint: a resume never
-            log.flush()                              # logs an epoch twice
-            print(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.train_loss:.4f}, "
-                  f"test acc {test_acc:.4f} ({stats.images / stats.seconds:.0f} img/s)")
+                      unit="batch", disable=not (config.progress and world.is_main),
+                      leave=False) as bar:
+                stats = train_epoch(step, optimizer, batches(epoch), lr_at=lr_at,
+                                    device=device, progress=bar, world=world)
+            distributed.average_buffers(step.trainable, world)
+            if world.is_main:
+                test_loss, test_acc = evaluate(model, test_set,
+                                               batch_size=config.eval_batch_size, device=device)
+                record = {"event": "epoch", "epoch": epoch + 1, "lr_start": lr_at(0),
+                          "train_loss": stats.train_loss, "train_acc": stats.train_acc,
+                          "test_loss": test_loss, "test_acc": test_acc,
+                          "epoch_seconds": stats.seconds,
+                          "images_per_second": stats.images / stats.seconds}
+                if world.enabled:
+                    record["world_size"] = world.world_size
+                history.append(record)
+                atomic_torch_save(checkpoint_dict(config, method, step, optimizer, info,
+                                                  epoch + 1, history, cost), out)
+                log.write(json.dumps(record) + "\n")  # after the checkpoint: a resume never
+                log.flush()                              # logs an epoch twice
+                say(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.train_loss:.4f}, "
+                    f"test acc {test_acc:.4f} ({stats.images / stats.seconds:.0f} img/s)")
+            distributed.barrier(world)  # the others wait for rank 0's evaluation and checkpoint
     return {"epochs": history}
 
 
