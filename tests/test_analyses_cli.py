@@ -61,22 +61,25 @@ def test_cka_cli_writes_heatmaps_numbers_and_layer_matched_lines(tiny_checkpoint
     assert np.allclose([[float(v) for v in r[1:]] for r in rows[1:]], matrix)
 
 
-def test_cka_cli_minibatch_and_h5_inputs(tiny_checkpoints, tmp_path):
+def _minibatch_record(tiny_checkpoints, tmp_path, *flags):
+    """Extract both tiny models to .h5 files and run the CKA command on them with ``flags``."""
     a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
     b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5")
     out = tmp_path / "out"
-    cka_cli.main(["--a", str(a), "--b", str(b), "--batch-size", "40", "--out", str(out)])
+    cka_cli.main(["--a", str(a), "--b", str(b), *flags, "--out", str(out)])
     record = json.loads((out / "a__vs__b.json").read_text())
-    assert record["estimator"] == "minibatch" and record["batch_size"] == 40
+    assert record["estimator"] == "minibatch"
+    return a, b, out, record
+
+
+def test_cka_cli_minibatch_and_h5_inputs(tiny_checkpoints, tmp_path):
+    *_, record = _minibatch_record(tiny_checkpoints, tmp_path, "--batch-size", "40")
+    assert record["batch_size"] == 40
 
 
 def test_cka_cli_max_memory_picks_the_minibatch_size(tiny_checkpoints, tmp_path):
-    a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
-    b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5")
-    out = tmp_path / "out"
-    cka_cli.main(["--a", str(a), "--b", str(b), "--max-memory", "4", "--out", str(out)])
-    record = json.loads((out / "a__vs__b.json").read_text())
-    assert record["estimator"] == "minibatch" and 4 <= record["batch_size"] <= 120
+    a, b, out, record = _minibatch_record(tiny_checkpoints, tmp_path, "--max-memory", "4")
+    assert 4 <= record["batch_size"] <= 120
     message = _error(None, ["--a", str(a), "--b", str(b), "--max-memory", "0.0001",
                             "--out", str(out)])
     assert message.startswith("error:") and "cannot hold even a batch of 4 rows" in message
