@@ -76,15 +76,18 @@ def models_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def probe_table(tables: dict) -> str:
-    labels = list(tables)
-    layers = plot.short_labels([r.layer for r in next(iter(tables.values()))])
-    lines = ["| layer | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    for i, name in enumerate(layers):
-        cells = [f"{tables[label].rows[i].test_acc:.4f}" if i < len(tables[label]) else "–"
-                 for label in labels]
+def layer_table(layers: list[str], columns: dict[str, list[float]]) -> str:
+    """Markdown table: one row per layer, one column of values per model ('–' past its end)."""
+    lines = ["| layer | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for i, name in enumerate(plot.short_labels(layers)):
+        cells = [f"{values[i]:.4f}" if i < len(values) else "–" for values in columns.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def probe_table(tables: dict) -> str:
+    layers = [r.layer for r in next(iter(tables.values()))]
+    return layer_table(layers, {label: [r.test_acc for r in t] for label, t in tables.items()})
 
 
 def write_report(args: argparse.Namespace, rows: list[dict], cka_results: dict,
@@ -123,13 +126,8 @@ def write_report(args: argparse.Namespace, rows: list[dict], cka_results: dict,
 
 def _diagonal_table(cka_results: dict) -> str:
     same = {label: r for label, r in cka_results.items() if len(r.layers_a) == len(r.layers_b)}
-    labels = list(same)
-    layers = plot.short_labels(next(iter(same.values())).layers_a)
-    lines = ["| layer | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    diagonals = [same[label].diagonal() for label in labels]
-    for i, name in enumerate(layers):
-        lines.append(f"| {name} | " + " | ".join(f"{d[i]:.4f}" for d in diagonals) + " |")
-    return "\n".join(lines)
+    layers = list(next(iter(same.values())).layers_a)
+    return layer_table(layers, {label: list(r.diagonal()) for label, r in same.items()})
 
 
 def run(args: argparse.Namespace) -> Path:

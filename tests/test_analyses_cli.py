@@ -169,3 +169,25 @@ def test_cka_cli_refuses_inputs_with_the_same_name(tiny_checkpoints, tmp_path):
     c = _extract(tiny_checkpoints["a"], tmp_path / "c.h5")
     message = _error(None, ["--a", str(c), "--b", str(a), str(b), "--out", str(tmp_path / "o")])
     assert "named ['m']" in message and "distinct file name" in message
+
+
+def test_report_gathers_accuracy_maps_and_probes(tiny_checkpoints, tmp_path):
+    from analyses import report
+
+    out = tmp_path / "report"
+    report.main(["--ckpt", str(tiny_checkpoints["a"]), str(tiny_checkpoints["b"]),
+                 "--n", "120", "--n-train", "400", "--n-test", "120", "--out", str(out),
+                 "--cache", str(tmp_path / "cache")])
+    text = (out / "report.md").read_text()
+    assert "![a vs b](cka/a__vs__b.png)" in text and (out / "cka" / "a__vs__b.png").exists()
+    assert "(probe/probe.png)" in text and (out / "probe" / "probe.csv").exists()
+    diagonal = np.array(json.loads((out / "cka" / "a__vs__b.json").read_text())["matrix"])
+    assert f"| s3b1 | {np.diag(diagonal)[3]:.4f} |" in text   # the layer-matched table
+    assert "| a.pt | bp |" in text and "| b.pt | bp |" in text
+
+
+def test_report_needs_two_checkpoints(tiny_checkpoints, tmp_path):
+    from analyses import report
+
+    with pytest.raises(SystemExit, match="at least two checkpoints"):
+        report.main(["--ckpt", str(tiny_checkpoints["a"]), "--out", str(tmp_path)])

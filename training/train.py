@@ -223,6 +223,9 @@ def checkpoint_dict(config: TrainConfig, method: MethodConfig, step, optimizer,
     }
 
 
+COST_KEYS = ("memory", "macs_per_image")  # the run's cost metrics, measured once per run
+
+
 def restore(config: TrainConfig, step, optimizer) -> tuple[int, list[dict], dict]:
     """Load the checkpoint at ``config.out`` into step and optimiser:
     (epochs done, per-epoch history, the run's cost metrics)."""
@@ -239,8 +242,6 @@ def restore(config: TrainConfig, step, optimizer) -> tuple[int, list[dict], dict
     metrics = ckpt["metrics"]
     return ckpt["epoch"], metrics["epochs"], {k: metrics[k] for k in COST_KEYS if k in metrics}
 
-
-COST_KEYS = ("memory", "macs_per_image")
 
 
 def run_cost(step, config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> dict:
