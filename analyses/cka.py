@@ -17,10 +17,13 @@ import csv
 import json
 from pathlib import Path
 
-import torch
-
-from analyses.activations import (DEFAULT_CACHE, InputSelection, check_distinct_names,
-                                  model_label, open_activations)
+from analyses.activations import (
+    DEFAULT_CACHE,
+    InputSelection,
+    check_distinct_names,
+    model_label,
+    open_activations,
+)
 from analyses.cli import run_cli
 from repsim import plot
 from repsim.cka import CKAResult, cka_matrix
@@ -122,8 +125,6 @@ def write_layer_matched(results: dict[str, CKAResult], reference: str, out: Path
 
 
 def run(args: argparse.Namespace) -> dict[str, CKAResult]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     check_distinct_names(list(dict.fromkeys([args.a, *args.b])))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""What every analysis command shares: user errors become one line, not a traceback."""
+"""What every analysis command shares: ``--threads`` and errors as one line, not a traceback."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ import argparse
 import sys
 from collections.abc import Callable
 
+import torch
+
 
 def run_cli(parse_args: Callable[[list[str] | None], argparse.Namespace],
             run: Callable[[argparse.Namespace], object], argv: list[str] | None) -> None:
-    """Parse ``argv`` and run; a bad input (ValueError, FileNotFoundError) exits with
-    ``error: <message>`` and status 1."""
+    """Parse ``argv``, apply ``--threads`` (torch CPU threads) and run; a bad input
+    (ValueError, FileNotFoundError) exits with ``error: <message>`` and status 1."""
     try:
-        run(parse_args(argv))
+        args = parse_args(argv)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run(args)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from analyses.activations import InputSelection, extract_checkpoint
 from analyses.cli import run_cli
 
@@ -36,8 +34,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     selection = InputSelection(args.split, args.n or None, args.seed, args.data_root,
                                args.batch_size)
     path = extract_checkpoint(args.ckpt, args.out, selection, reductions=tuple(args.reduction),

@@ -18,10 +18,13 @@ import csv
 import json
 from pathlib import Path
 
-import torch
-
-from analyses.activations import (DEFAULT_CACHE, InputSelection, check_distinct_names,
-                                  model_label, open_activations)
+from analyses.activations import (
+    DEFAULT_CACHE,
+    InputSelection,
+    check_distinct_names,
+    model_label,
+    open_activations,
+)
 from analyses.cli import run_cli
 from repsim import plot
 from repsim.probe import ProbeTable, probe_layers
@@ -87,8 +90,6 @@ def print_table(tables: dict[str, ProbeTable]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, ProbeTable]:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     check_distinct_names(args.ckpt)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

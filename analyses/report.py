@@ -137,7 +137,6 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     common = ["--cache", args.cache, "--device", args.device]
     common += ["--data-root", args.data_root] if args.data_root else []
-    common += ["--threads", str(args.threads)] if args.threads else []
     rows = model_rows(args.ckpt)
     cka_argv = ["--a", args.ckpt[0], "--b", *args.ckpt[1:], "--n", str(args.n),
                 "--out", str(out / "cka"), *common]

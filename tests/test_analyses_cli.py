@@ -191,3 +191,10 @@ def test_report_needs_two_checkpoints(tiny_checkpoints, tmp_path):
 
     with pytest.raises(SystemExit, match="at least two checkpoints"):
         report.main(["--ckpt", str(tiny_checkpoints["a"]), "--out", str(tmp_path)])
+
+
+def test_threads_flag_sets_torch_threads(tiny_checkpoints, tmp_path):
+    import torch
+
+    _extract(tiny_checkpoints["a"], tmp_path / "a.h5", "--reduction", "gap", "--threads", "1")
+    assert torch.get_num_threads() == 1   # conftest sets 2 before every test
