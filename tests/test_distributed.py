@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun (2 processes, gloo on CPU) against one process that
 accumulates the gradients of the same per-rank micro-batches, so BatchNorm sees the same
-batches in both."""
+batches in both; and torchrun with one process, whose collectives are identities, against a
+plain run."""
 
 import json
 import os
@@ -34,17 +35,23 @@ def cli_args(config: TrainConfig) -> list[str]:
     return args + (["--resume"] if config.resume else [])
 
 
-def torchrun(config: TrainConfig, script: str | None = None) -> subprocess.CompletedProcess:
-    """Run ``config`` with ``torchrun --nproc_per_node=2`` (or a script in its place)."""
+def torchrun(config: TrainConfig, script: str | None = None,
+             nproc: int = WORLD) -> subprocess.CompletedProcess:
+    """Run ``config`` with ``torchrun --nproc_per_node=nproc`` (or a script in its place)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     target = [str(ROOT / "tests" / script)] if script else ["-m", "training.train"]
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}",
-               "--master_addr=127.0.0.1", f"--master_port={port}", *target, *cli_args(config)]
+    return run_python(["-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                       "--master_addr=127.0.0.1", f"--master_port={port}", *target,
+                       *cli_args(config)])
+
+
+def run_python(args: list[str]) -> subprocess.CompletedProcess:
+    """``python args`` from the repository root, with one thread as each torchrun worker."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=180)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
 
 
 def accumulated_reference(config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -144,6 +151,28 @@ def test_resume_under_torchrun_continues_the_same_run(tmp_path):
     assert_same_parameters(ckpt, accumulated_reference(config))
 
 
+def test_torchrun_with_one_process_matches_a_plain_run(tmp_path):
+    """One gloo process joins the process group and runs every collective; all are identities,
+    so the checkpoint holds the plain run's weights, bit for bit."""
+    config = replace(TINY, method="auglocal", arch="resnet14", epochs=2)
+    plain = replace(config, out=str(tmp_path / "plain.pt"))
+    launched = replace(config, out=str(tmp_path / "launched.pt"))
+    run = run_python(["-m", "training.train", *cli_args(plain)])
+    assert run.returncode == 0, run.stderr[-3000:]
+    run = torchrun(launched, nproc=1)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    a = torch.load(plain.out, weights_only=True)
+    b = torch.load(launched.out, weights_only=True)
+    for part in ("state_dict", "aux_state_dict"):
+        assert a[part] and a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    for ran, world_sizes in ((plain, [None, None]), (launched, [1, 1])):  # who was launched
+        records = [json.loads(line) for line in Path(ran.out).with_suffix(".jsonl").open()]
+        assert [r.get("world_size") for r in records if r["event"] == "epoch"] == world_sizes
+
+
 def test_a_global_batch_that_the_processes_cannot_share_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
@@ -154,10 +183,11 @@ def test_a_global_batch_that_the_processes_cannot_share_is_refused(tmp_path, mon
 
 def test_world_from_env():
     assert distributed.world_from_env({}) == distributed.SINGLE
-    assert not distributed.SINGLE.enabled and distributed.SINGLE.is_main
+    assert not distributed.SINGLE.launched and distributed.SINGLE.is_main
     world = distributed.world_from_env({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "1"})
-    assert (world.rank, world.world_size, world.local_rank, world.enabled,
+    assert (world.rank, world.world_size, world.local_rank, world.launched,
             world.is_main) == (2, 4, 1, True, False)
+    assert distributed.world_from_env({"WORLD_SIZE": "1"}) == distributed.World(launched=True)
     with pytest.raises(ValueError, match="RANK=4 lies outside"):
         distributed.world_from_env({"WORLD_SIZE": "4", "RANK": "4"})
     with pytest.raises(ValueError, match="torchrun environment not understood"):

@@ -3,8 +3,10 @@
 ``torchrun --nproc_per_node=N -m training.train ...`` starts N processes and tells each its
 place through the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``). :func:`setup` reads it and joins the process group: gloo on CPU, nccl on
-CUDA with each process on ``cuda:LOCAL_RANK``. Without ``WORLD_SIZE`` (or with a world of one)
-nothing is initialised and every helper here is a no-op, so a plain run stays as it was.
+CUDA with each process on ``cuda:LOCAL_RANK``. It does so for any world size, one included:
+``torchrun --nproc_per_node=1`` runs the backend's collectives (identities then), which is how
+the nccl path is exercised on a machine with one GPU. Without ``WORLD_SIZE`` (a plain
+``python -m training.train``) nothing is initialised and every helper here is a no-op.
 
 Gradients are reduced once per step, after every local backward of the step has run and
 before ``optimizer.step()``: :func:`average_gradients` all-reduces one flat bucket of all
@@ -29,13 +31,10 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 @dataclass(frozen=True)
 class World:
-    rank: int = 0         # this process, 0 … world_size − 1
-    world_size: int = 1   # processes in the run
-    local_rank: int = 0   # this process on its machine (its GPU index)
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    rank: int = 0           # this process, 0 … world_size − 1
+    world_size: int = 1     # processes in the run
+    local_rank: int = 0     # this process on its machine (its GPU index)
+    launched: bool = False  # started by torchrun: joins the process group, runs collectives
 
     @property
     def is_main(self) -> bool:
@@ -53,7 +52,7 @@ def world_from_env(env: dict[str, str] | None = None) -> World:
         return SINGLE
     try:
         world = World(int(env.get("RANK", "0")), int(env["WORLD_SIZE"]),
-                      int(env.get("LOCAL_RANK", "0")))
+                      int(env.get("LOCAL_RANK", "0")), launched=True)
     except ValueError as err:
         raise ValueError(f"torchrun environment not understood (RANK={env.get('RANK')!r}, "
                          f"WORLD_SIZE={env.get('WORLD_SIZE')!r}, LOCAL_RANK="
@@ -65,7 +64,7 @@ def world_from_env(env: dict[str, str] | None = None) -> World:
 
 
 def setup(device: str) -> tuple[World, torch.device, bool]:
-    """Join the process group when torchrun started this process.
+    """Join the process group when torchrun started this process, whatever its world size.
 
     ``device``: the requested ``--device``. Under torchrun a CUDA device becomes
     ``cuda:LOCAL_RANK`` (backend nccl), anything else stays as asked (backend gloo).
@@ -73,7 +72,7 @@ def setup(device: str) -> tuple[World, torch.device, bool]:
     destroys it when done).
     """
     world = world_from_env()
-    if not world.enabled:
+    if not world.launched:
         return world, torch.device(device), False
     target = torch.device(device)
     if target.type == "cuda":
@@ -93,7 +92,7 @@ def teardown(created: bool) -> None:
 
 def broadcast_module(module: nn.Module, world: World) -> None:
     """Copy rank 0's parameters and buffers to every rank (identical starting weights)."""
-    if not world.enabled:
+    if not world.launched:
         return
     tensors = [t.data for t in module.parameters()] + list(module.buffers())
     for t in tensors:
@@ -106,7 +105,7 @@ def average_gradients(module: nn.Module, world: World) -> None:
     Parameters without a gradient are left without one; every rank runs the same graph
     on micro-batches of the same size, so the set is the same on every rank.
     """
-    if not world.enabled:
+    if not world.launched:
         return
     params = [p for p in module.parameters() if p.grad is not None]
     if not params:
@@ -121,7 +120,7 @@ def average_gradients(module: nn.Module, world: World) -> None:
 
 def average_buffers(module: nn.Module, world: World) -> None:
     """Average floating-point buffers (BatchNorm running statistics) over all ranks."""
-    if not world.enabled:
+    if not world.launched:
         return
     buffers = [b for b in module.buffers() if b.is_floating_point()]
     if not buffers:
@@ -135,7 +134,7 @@ def average_buffers(module: nn.Module, world: World) -> None:
 
 def sum_over_ranks(values: list[float | int], world: World, device: torch.device) -> list[float]:
     """Element-wise sums of a few numbers over all ranks (float64)."""
-    if not world.enabled:
+    if not world.launched:
         return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -143,5 +142,5 @@ def sum_over_ranks(values: list[float | int], world: World, device: torch.device
 
 
 def barrier(world: World) -> None:
-    if world.enabled:
+    if world.launched:
         dist.barrier()

@@ -358,7 +358,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
                           "test_loss": test_loss, "test_acc": test_acc,
                           "epoch_seconds": stats.seconds,
                           "images_per_second": stats.images / stats.seconds}
-                if world.enabled:
+                if world.launched:
                     record["world_size"] = world.world_size
                 history.append(record)
                 atomic_torch_save(checkpoint_dict(config, method, step, optimizer, info,
