@@ -1,14 +1,16 @@
 """Linear-probe separability of every layer, for one or more checkpoints.
 
     python -m analyses.probe --ckpt bp.pt auglocal.pt dgl.pt [--n-train 10000] [--n-test 2000]
-        [--reduction gap] [--out probe-out]
+        [--reduction gap] [--max-memory MIB] [--out probe-out]
 
 Each checkpoint's train and test splits are extracted through the same cache as
 ``analyses.cka``. Per layer: standardise on train, multinomial logistic regression with the
 L2 strength chosen by cross-validation on train only, one evaluation on test (see
 :mod:`repsim.probe`). Writes ``probe.csv`` (one row per model and layer), ``probe.png``
 (test accuracy against relative depth, one line per model, dashed chance line) and
-``args.json``, and prints the table.
+``args.json``, and prints the table. ``--max-memory`` streams each layer's features from the
+cached files in row blocks that fit the budget (:func:`repsim.probe.probe_memory`), for
+activations larger than memory.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds on train (3)")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="activation cache (acts)")
     p.add_argument("--data-root", help="dataset folder (see training.train --help)")
+    p.add_argument("--max-memory", type=float, metavar="MIB",
+                   help="stream each layer from the files in row blocks whose working memory "
+                        "fits in this many MiB (repsim.probe.probe_memory), for features "
+                        "larger than memory; default: read each layer whole")
     p.add_argument("--device", default="cpu", help="extraction and the torch probe solver")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     return p.parse_args(argv)
@@ -59,8 +65,10 @@ def probe_checkpoint(ckpt: str, args: argparse.Namespace) -> tuple[str, ProbeTab
               for split, n in (("train", args.n_train), ("test", args.n_test))}
     with open_activations(ckpt, splits["train"], **common) as train, \
             open_activations(ckpt, splits["test"], **common) as test:
+        max_memory = None if args.max_memory is None else int(args.max_memory * 2**20)
         table = probe_layers(train, test, reduction=args.reduction, layers=args.layers,
-                             cv=args.folds, device=args.device, progress=True)
+                             cv=args.folds, device=args.device, max_memory=max_memory,
+                             progress=True)
         return model_label(train), table
 
 

@@ -49,10 +49,19 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 from tqdm.auto import tqdm
+
+from repsim.streaming import (
+    MemoryRows,
+    ProbeError,
+    StreamedFeatures,
+    StreamedRows,
+    array_blocks,
+    column_moments,
+    standardise,
+)
 
 __all__ = [
     "ActivationSet",
@@ -61,7 +70,10 @@ __all__ = [
     "ProbeRow",
     "ProbeSettings",
     "ProbeTable",
+    "StreamedFeatures",
+    "probe_block_rows",
     "probe_layers",
+    "probe_memory",
 ]
 
 Solver = Literal["auto", "sklearn", "torch"]
@@ -72,10 +84,6 @@ PRECONDITION_MAX_DIM = 4096  # features; eigh of a D×D matrix is O(D³)
 # minimiser. 0.5 needed the fewest iterations among 0.04 … 2 on ResNet-32 GAP features.
 CURVATURE = 0.5
 GAP = "gap"  # the default reduction for probes
-
-
-class ProbeError(ValueError):
-    """Inputs a linear probe cannot be fitted or evaluated on; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -123,11 +131,15 @@ class ProbeSettings:
             raise ProbeError(f"device {self.device!r} is not a torch device ({err}); "
                              "use e.g. 'cpu' or 'cuda'") from err
 
-    def solver_for(self, dim: int) -> Literal["sklearn", "torch"]:
-        """The solver used for ``dim`` features."""
+    def solver_for(self, dim: int, streamed: bool = False) -> Literal["sklearn", "torch"]:
+        """The solver used for ``dim`` features (always torch for streamed features)."""
+        if streamed and self.solver == "sklearn":
+            raise ProbeError("solver='sklearn' needs the features in memory; streamed "
+                             "features (StreamedFeatures) are fitted with solver='torch' or "
+                             "'auto'")
         if self.solver != "auto":
             return self.solver
-        return "torch" if dim > self.torch_threshold else "sklearn"
+        return "torch" if streamed or dim > self.torch_threshold else "sklearn"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,39 +179,61 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.threads = threads
 
     def fit(self, X: Any, y: Any) -> LinearProbe:
-        """Fit on X (n, D) and labels y (n,); only these rows are ever seen."""
+        """Fit on X (n, D) and labels y (n,); only these rows are ever seen.
+
+        X: an array or tensor, or :class:`StreamedFeatures` to read it from a file in row
+        blocks (the torch solver then holds one block at a time)."""
         settings = ProbeSettings(**self.get_params())
         x, y = _check_xy(X, y)
         _check_labels(y, settings.cv)
         self.classes_, codes = np.unique(y, return_inverse=True)
-        scaler = StandardScaler().fit(x)
-        self.mean_, self.scale_ = scaler.mean_, scaler.scale_
-        z = self._standardise(x).astype(settings.dtype, copy=False)
-        self.solver_ = settings.solver_for(z.shape[1])
+        streamed = isinstance(x, StreamedFeatures)
+        self.mean_, self.scale_ = column_moments(
+            x.blocks if streamed else lambda: array_blocks(x))
+        self.solver_ = settings.solver_for(x.shape[1], streamed)
+        rows = self._rows(x, codes, settings)
         path = _SOLVER_PATHS[self.solver_]
         with _cpu_threads(settings.threads):
-            self.cv_scores_, mean_fits = _cross_validate(z, codes, len(self.classes_), path,
+            self.cv_scores_, mean_fits = _cross_validate(rows, len(self.classes_), path,
                                                          settings)
             best = int(np.argmax(self.cv_scores_.mean(axis=0)))  # first maximum: smallest C
             self.C_ = settings.Cs[best]
-            (final,) = path(z, codes, len(self.classes_), (self.C_,), mean_fits[best], settings)
+            (final,) = path(rows, len(self.classes_), (self.C_,), mean_fits[best], settings)
         self.coef_, self.intercept_, self.n_iter_ = final.coef, final.intercept, final.n_iter
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Logits (n, K') of X (n, D); for two classes (n,), positive for ``classes_[1]``."""
-        z = self._standardise(_check_features(X, len(self.mean_)))
-        scores = _scores(z, self.coef_, self.intercept_)
+        scores = np.concatenate([_scores(z, self.coef_, self.intercept_).numpy()
+                                 for z in self._standardised_blocks(X)])
         return scores[:, 0] if scores.shape[1] == 1 else scores
 
     def predict(self, X: Any) -> np.ndarray:
-        """Predicted labels (n,) of X (n, D)."""
-        z = self._standardise(_check_features(X, len(self.mean_)))
-        return self.classes_[_predict_codes(z, _Fit(self.coef_, self.intercept_, 0))]
+        """Predicted labels (n,) of X (n, D) (an array or :class:`StreamedFeatures`)."""
+        fit = _Fit(self.coef_, self.intercept_, 0)
+        codes = [_predict_codes(z, fit).numpy() for z in self._standardised_blocks(X)]
+        return self.classes_[np.concatenate(codes)]
 
-    def _standardise(self, x: np.ndarray) -> np.ndarray:
-        # in x's own precision: a float64 copy of a large float32 layer would double memory
-        return (x - self.mean_.astype(x.dtype)) / self.scale_.astype(x.dtype)
+    def _rows(self, x: np.ndarray | StreamedFeatures, codes: np.ndarray,
+              settings: ProbeSettings) -> MemoryRows | StreamedRows:
+        """The standardised train rows the solver iterates over."""
+        dtype = getattr(torch, settings.dtype)
+        device = torch.device(settings.device if self.solver_ == "torch" else "cpu")
+        if isinstance(x, StreamedFeatures):
+            return StreamedRows(x, self.mean_, self.scale_, codes, np.ones(len(codes), bool),
+                                dtype=dtype, device=device)
+        z = standardise(x, self.mean_, self.scale_)
+        return MemoryRows(torch.as_tensor(z, dtype=dtype, device=device), codes)
+
+    def _standardised_blocks(self, X: Any):
+        """Standardised (b, D) CPU tensors of X in row order: one block for an array."""
+        if isinstance(X, StreamedFeatures):
+            _check_width(X.shape[1], len(self.mean_))
+            for _, block in X.blocks():
+                yield torch.as_tensor(standardise(block, self.mean_, self.scale_))
+        else:
+            x = _check_features(X, len(self.mean_))
+            yield torch.as_tensor(standardise(x, self.mean_, self.scale_))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,20 +247,26 @@ def _check_features(X: Any, dim: int | None = None) -> np.ndarray:
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
         raise ProbeError(f"features must be a numeric (n_samples, n_features) array, got "
                          f"dtype {x.dtype} and shape {x.shape}; reshape with x.reshape(n, -1)")
-    if dim is not None and x.shape[1] != dim:
-        raise ProbeError(f"features have {x.shape[1]} columns but the probe was fitted on "
-                         f"{dim}; pass features of the same layer and reduction")
+    if dim is not None:
+        _check_width(x.shape[1], dim)
     if not np.all(np.isfinite(x)):
         raise ProbeError(f"features contain {np.size(x) - np.isfinite(x).sum()} NaN or "
                          "infinite values; check the layer's activations")
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
 
-def _check_xy(X: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    x = _check_features(X)
+def _check_width(width: int, dim: int) -> None:
+    if width != dim:
+        raise ProbeError(f"features have {width} columns but the probe was fitted on "
+                         f"{dim}; pass features of the same layer and reduction")
+
+
+def _check_xy(X: Any, y: Any) -> tuple[np.ndarray | StreamedFeatures, np.ndarray]:
+    """Features (an array, or streamed ones as they are) and labels (n,) of the same n."""
+    x = X if isinstance(X, StreamedFeatures) else _check_features(X)
     labels = np.asarray(y)
-    if labels.shape != (len(x),):
-        raise ProbeError(f"labels must have shape ({len(x)},) to match the features, got "
+    if labels.shape != (x.shape[0],):
+        raise ProbeError(f"labels must have shape ({x.shape[0]},) to match the features, got "
                          f"{labels.shape}")
     return x, labels
 
@@ -257,59 +297,69 @@ class _Fit:
     n_iter: int            # L-BFGS iterations
 
 
-def _scores(z: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+Rows = MemoryRows | StreamedRows  # standardised train rows with their class codes
+
+
+def _scores(z: torch.Tensor, coef: np.ndarray, intercept: np.ndarray) -> torch.Tensor:
     """Logits (n, K') of standardised features z (n, D)."""
-    return z @ coef.T.astype(z.dtype) + intercept.astype(z.dtype)
+    return torch.addmm(torch.as_tensor(intercept, dtype=z.dtype, device=z.device), z,
+                       torch.as_tensor(coef.T, dtype=z.dtype, device=z.device))
 
 
-def _predict_codes(z: np.ndarray, fit: _Fit) -> np.ndarray:
+def _predict_codes(z: torch.Tensor, fit: _Fit) -> torch.Tensor:
     """Class codes (n,) in 0 … K-1 predicted for standardised features z (n, D)."""
     scores = _scores(z, fit.coef, fit.intercept)
-    return (scores[:, 0] > 0).astype(np.int64) if scores.shape[1] == 1 else scores.argmax(1)
+    return (scores[:, 0] > 0).long() if scores.shape[1] == 1 else scores.argmax(1)
 
 
-def _sklearn_path(z: np.ndarray, codes: np.ndarray, n_classes: int, Cs: Sequence[float],
+def _accuracy(rows: Rows, fit: _Fit) -> float:
+    correct = sum(int((_predict_codes(z, fit) == target).sum()) for z, target in rows.blocks())
+    return correct / rows.n
+
+
+def _sklearn_path(rows: MemoryRows, n_classes: int, Cs: Sequence[float],
                   start: _Fit | None, settings: ProbeSettings) -> list[_Fit]:
-    """Fits (one per C) of scikit-learn's lbfgs LogisticRegression on z (n, D), codes (n,)."""
+    """Fits (one per C) of scikit-learn's lbfgs LogisticRegression on in-memory rows."""
     model = LogisticRegression(max_iter=settings.max_iter, tol=settings.tol, warm_start=True)
     if start is not None:  # warm_start reuses coef_/intercept_ as the initial point
         model.coef_, model.intercept_ = start.coef.copy(), start.intercept.copy()
+    z = rows.z.cpu().numpy()
     fits = []
     for C in Cs:
-        model.set_params(C=C).fit(z, codes)
+        model.set_params(C=C).fit(z, rows.codes)
         fits.append(_Fit(model.coef_.astype(np.float64), model.intercept_.astype(np.float64),
                          int(model.n_iter_[0])))
     return fits
 
 
-def _torch_path(z: np.ndarray, codes: np.ndarray, n_classes: int, Cs: Sequence[float],
-                start: _Fit | None, settings: ProbeSettings) -> list[_Fit]:
-    """Fits (one per C) of preconditioned full-batch L-BFGS on z (n, D), codes (n,)."""
-    dtype = getattr(torch, settings.dtype)
-    x = torch.as_tensor(z, dtype=dtype, device=settings.device)
-    n, d = x.shape
+def _torch_path(rows: Rows, n_classes: int, Cs: Sequence[float], start: _Fit | None,
+                settings: ProbeSettings) -> list[_Fit]:
+    """Fits (one per C) of preconditioned full-batch L-BFGS on the rows, in memory or
+    streamed block by block."""
+    dtype, device = getattr(torch, settings.dtype), torch.device(settings.device)
     outputs = 1 if n_classes == 2 else n_classes
-    loss_fn, target_dtype = (_binomial_loss, dtype) if n_classes == 2 else (F.cross_entropy,
-                                                                             torch.long)
-    target = torch.as_tensor(codes, dtype=target_dtype, device=x.device)
-    eig = torch.linalg.eigh(x.T @ x / n) if d <= PRECONDITION_MAX_DIM else None
+    eig = (torch.linalg.eigh(_second_moment(rows, dtype, device))
+           if rows.dim <= PRECONDITION_MAX_DIM else None)
     if start is None:
-        w = torch.zeros(d, outputs, dtype=dtype, device=x.device)
-        b = torch.zeros(outputs, dtype=dtype, device=x.device)
+        w = torch.zeros(rows.dim, outputs, dtype=dtype, device=device)
+        b = torch.zeros(outputs, dtype=dtype, device=device)
     else:
-        w = torch.as_tensor(start.coef.T, dtype=dtype, device=x.device)
-        b = torch.as_tensor(start.intercept, dtype=dtype, device=x.device)
+        w = torch.as_tensor(start.coef.T, dtype=dtype, device=device)
+        b = torch.as_tensor(start.intercept, dtype=dtype, device=device)
     fits = []
     for C in Cs:
-        p, p_inv = _preconditioner(eig, 1.0 / (C * n))
-        w, b, n_iter = _lbfgs(x, target, loss_fn, C, p, p_inv, w, b, settings)
+        p, p_inv = _preconditioner(eig, 1.0 / (C * rows.n))
+        w, b, n_iter = _lbfgs(rows, C, p, p_inv, w, b, settings)
         fits.append(_Fit(w.T.double().cpu().numpy(), b.double().cpu().numpy(), n_iter))
     return fits
 
 
-def _binomial_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean logistic loss of one logit per row, logits (n, 1), target (n,) in {0, 1}."""
-    return F.binary_cross_entropy_with_logits(logits[:, 0], target)
+def _second_moment(rows: Rows, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Σ = ZᵀZ / n (D, D) of the standardised rows."""
+    sigma = torch.zeros(rows.dim, rows.dim, dtype=dtype, device=device)
+    for z, _ in rows.blocks():
+        sigma.addmm_(z.T, z)
+    return sigma.div_(rows.n)
 
 
 def _preconditioner(eig: tuple[torch.Tensor, torch.Tensor] | None, lam: float
@@ -322,49 +372,79 @@ def _preconditioner(eig: tuple[torch.Tensor, torch.Tensor] | None, lam: float
     return (vectors / root) @ vectors.T, (vectors * root) @ vectors.T
 
 
-def _lbfgs(x, target, loss_fn, C: float, p, p_inv, w, b, settings: ProbeSettings):
-    """Minimise loss_fn(x W + b, target) + ‖W‖²/(2·C·n) over W = P V and b from (w, b).
+def _objective(rows: Rows, w: torch.Tensor, b: torch.Tensor, lam: float
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """mean CE(z W + b) + ½λ‖W‖² over the rows, and its gradients by W (D, K') and b (K').
 
-    x (n, D), w (D, K'), b (K'); returns (W, b, iterations), detached.
+    The gradients are the closed forms Zᵀ(P − Y)/n + λW and Σ(P − Y)/n (P the predicted
+    probabilities, Y the one-hot targets), summed block by block, so a streamed pass holds
+    one block and never an autograd graph."""
+    loss = torch.zeros((), dtype=w.dtype, device=w.device)
+    grad_w, grad_b = torch.zeros_like(w), torch.zeros_like(b)
+    for z, target in rows.blocks():
+        block_loss, residual = _loss_and_residual(torch.addmm(b, z, w), target)
+        loss += block_loss
+        grad_w.addmm_(z.T, residual)
+        grad_b += residual.sum(0)
+    return (loss / rows.n + 0.5 * lam * (w * w).sum(),
+            grad_w.div_(rows.n).add_(w, alpha=lam), grad_b.div_(rows.n))
+
+
+def _loss_and_residual(logits: torch.Tensor, target: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of logits (b, K') and its gradient by the logits (b, K').
+
+    One logit (two classes) is scikit-learn's binomial model: σ(s) is P(class 1)."""
+    if logits.shape[1] == 1:
+        t = target.to(logits.dtype)[:, None]
+        loss = F.binary_cross_entropy_with_logits(logits, t, reduction="sum")
+        return loss, torch.sigmoid(logits) - t
+    log_p = torch.log_softmax(logits, 1)
+    loss = -log_p.gather(1, target[:, None]).sum()
+    residual = log_p.exp_()
+    residual[torch.arange(len(target), device=target.device), target] -= 1
+    return loss, residual
+
+
+def _lbfgs(rows: Rows, C: float, p, p_inv, w, b, settings: ProbeSettings):
+    """Minimise :func:`_objective` with λ = 1/(C·n) over W = P V and b, from (w, b).
+
+    w (D, K'), b (K'); returns (W, b, iterations).
     """
-    lam = 1.0 / (C * len(x))
+    lam = 1.0 / (C * rows.n)
     # LBFGS flattens gradients with .view(-1): the parameters must be contiguous
     v = (w if p_inv is None else p_inv @ w).clone(memory_format=torch.contiguous_format)
-    v.requires_grad_(True)
-    b = b.clone().requires_grad_(True)
+    b = b.clone()
     # scipy's (and so scikit-learn's) lbfgs stops on a loss change of 64 ulp, not torch's 1e-9
     optimiser = torch.optim.LBFGS([v, b], lr=1, max_iter=settings.max_iter,
                                   tolerance_grad=settings.tol,
-                                  tolerance_change=64 * torch.finfo(x.dtype).eps,
+                                  tolerance_change=64 * torch.finfo(w.dtype).eps,
                                   history_size=10, line_search_fn="strong_wolfe")
 
     def weights():
         return v if p is None else p @ v
 
     def closure():
-        optimiser.zero_grad()
-        w = weights()
-        loss = loss_fn(x @ w + b, target) + 0.5 * lam * (w * w).sum()
-        loss.backward()
+        loss, grad_w, grad_b = _objective(rows, weights(), b, lam)
+        v.grad = grad_w if p is None else p @ grad_w  # W = P V with P symmetric
+        b.grad = grad_b
         return loss
 
-    with torch.enable_grad():
-        optimiser.step(closure)
+    optimiser.step(closure)
     n_iter = optimiser.state[v]["n_iter"]
     if n_iter >= settings.max_iter:
         warnings.warn(f"torch L-BFGS did not converge in max_iter={settings.max_iter} "
                       f"iterations (C = {C:g}); raise max_iter",
                       ConvergenceWarning, stacklevel=4)
-    with torch.no_grad():
-        return weights().detach(), b.detach(), int(n_iter)
+    return weights(), b, int(n_iter)
 
 
 _SOLVER_PATHS = {"sklearn": _sklearn_path, "torch": _torch_path}
 
 
-def _cross_validate(z: np.ndarray, codes: np.ndarray, n_classes: int, path,
-                    settings: ProbeSettings) -> tuple[np.ndarray, list[_Fit]]:
-    """Stratified K-fold CV of every C on standardised train features z (n, D), codes (n,).
+def _cross_validate(rows: Rows, n_classes: int, path, settings: ProbeSettings
+                    ) -> tuple[np.ndarray, list[_Fit]]:
+    """Stratified K-fold CV of every C on the standardised train rows.
 
     Returns the validation accuracies (cv, len(Cs)) and, per C, the mean of the fold fits
     (the refit's starting point).
@@ -372,10 +452,10 @@ def _cross_validate(z: np.ndarray, codes: np.ndarray, n_classes: int, path,
     folds = StratifiedKFold(settings.cv, shuffle=True, random_state=settings.random_state)
     scores = np.empty((settings.cv, len(settings.Cs)))
     fold_fits = []
-    for f, (fit_rows, val_rows) in enumerate(folds.split(z, codes)):
-        fits = path(z[fit_rows], codes[fit_rows], n_classes, settings.Cs, None, settings)
-        scores[f] = [np.mean(_predict_codes(z[val_rows], fit) == codes[val_rows])
-                     for fit in fits]
+    for f, (fit_rows, val_rows) in enumerate(folds.split(np.zeros((rows.n, 1)), rows.codes)):
+        fits = path(rows.subset(fit_rows), n_classes, settings.Cs, None, settings)
+        held_out = rows.subset(val_rows)
+        scores[f] = [_accuracy(held_out, fit) for fit in fits]
         fold_fits.append(fits)
     mean_fits = [_Fit(np.mean([fits[i].coef for fits in fold_fits], axis=0),
                       np.mean([fits[i].intercept for fits in fold_fits], axis=0), 0)
@@ -467,13 +547,16 @@ class ProbeTable:
 
 def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
                  layers: Sequence[str] | None = None, progress: bool = False,
-                 **probe_kwargs: Any) -> ProbeTable:
+                 max_memory: int | None = None, **probe_kwargs: Any) -> ProbeTable:
     """Probe every layer (or ``layers``) of a train and a test activation set.
 
     ``train``/``test``: :class:`repsim.store.ActivationFile`, :class:`ActivationSet`, or a dict
     ``{"layers": {name: (N, D)}, "labels": (N,), "meta": {...}, "indices": (N,)}``.
-    ``probe_kwargs`` go to :class:`LinearProbe`. Refuses sets of different datasets, test
-    classes the train split lacks, missing layers, and the same rows used as train and test.
+    ``max_memory`` (bytes): stream each layer that does not fit this budget from the sets in
+    row blocks as large as :func:`probe_memory` allows (for files larger than memory; the
+    torch solver is used); a layer that fits is read whole. ``probe_kwargs`` go to
+    :class:`LinearProbe`. Refuses sets of different datasets, test classes the train split
+    lacks, missing layers, and the same rows used as train and test.
     """
     train, test = _as_source(train, "train"), _as_source(test, "test")
     settings = ProbeSettings(**probe_kwargs)
@@ -482,8 +565,10 @@ def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
     chance = float(np.mean(y_test == _most_frequent(y_train)))
     order = list(train.layers)
     rows = []
+    n_classes = len(np.unique(y_train))
     for name in tqdm(names, desc="probing layers", disable=not progress):
-        x_train, x_test = train.read(name, reduction), test.read(name, reduction)
+        x_train, x_test = (_layer_features(source, name, reduction, max_memory, n_classes,
+                                           settings.dtype) for source in (train, test))
         probe = LinearProbe(**asdict(settings)).fit(x_train, y_train)
         depth = order.index(name)
         rows.append(ProbeRow(
@@ -493,6 +578,67 @@ def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
             n_test=len(y_test), solver=probe.solver_,
         ))
     return ProbeTable(tuple(rows), reduction, settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# The memory rule of a streamed fit
+# ---------------------------------------------------------------------------------------------
+
+
+
+def probe_memory(dim: int, n: int, n_classes: int, block_rows: int,
+                 dtype: str = "float32") -> int:
+    """Bytes a streamed probe fit of n rows × dim features holds at most (not counted: the
+    interpreter and libraries, and what the caller holds).
+
+    * per row of a block: the block read, 4·D (float32), its finiteness mask, 1·D, the kept
+      rows' copy, 4·D, and the standardised rows with their temporary, 8·D (float64 during
+      :func:`column_moments`, the same bytes); float64 fits add the solver's copy, 8·D;
+      logits and their gradient, 3·K'·8;
+    * per row of the file: labels, codes, fold indices and masks, 40 bytes;
+    * per feature: Σ, its eigenvectors, the preconditioner and its inverse, 5·D²·s (s the
+      solver's bytes per number; none above :data:`PRECONDITION_MAX_DIM` features), and the
+      weights, gradients and L-BFGS's 10 pairs of history, 26·D·K'·s.
+    """
+    outputs = 1 if n_classes == 2 else n_classes
+    size = 8 if dtype == "float64" else 4
+    per_block_row = (17 if size == 4 else 25) * dim + 24 * outputs
+    preconditioner = 5 * dim * dim * size if dim <= PRECONDITION_MAX_DIM else 0
+    return block_rows * per_block_row + 40 * n + preconditioner + 26 * dim * outputs * size
+
+
+def probe_block_rows(dim: int, n: int, n_classes: int, max_memory: int,
+                     dtype: str = "float32") -> int:
+    """The largest block (≤ n rows) whose :func:`probe_memory` fits in ``max_memory`` bytes."""
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) \
+            or max_memory <= 0:
+        raise ProbeError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    fixed = probe_memory(dim, n, n_classes, 0, dtype)
+    per_row = probe_memory(dim, n, n_classes, 1, dtype) - fixed
+    rows = min(n, (max_memory - fixed) // per_row)
+    if rows < 1:
+        need = (fixed + per_row) / 2**20
+        raise ProbeError(f"max_memory={max_memory / 2**20:.3g} MiB cannot hold a probe of "
+                          f"{dim} features and {n} rows (at least {need:.1f} MiB: the "
+                          f"{dim}×{dim} preconditioner and per-row labels); raise max_memory "
+                          "or probe a smaller reduction (e.g. gap or pool2)")
+    return int(rows)
+
+
+def _layer_features(source: Any, layer: str, reduction: str, max_memory: int | None,
+                    n_classes: int, dtype: str) -> np.ndarray | StreamedFeatures:
+    """The (N, D) features of one layer: read whole, or streamed within ``max_memory``.
+
+    A layer that fits the budget in one block is read whole, so it is read once rather than
+    at every evaluation of the objective; the in-memory fit holds about 12·D bytes per row,
+    less than the rule's 17·D."""
+    if max_memory is None:
+        return source.read(layer, reduction)
+    n, dim = StreamedFeatures(source, layer, reduction, 1).shape
+    block_rows = probe_block_rows(dim, n, n_classes, max_memory, dtype)
+    if block_rows >= n:
+        return source.read(layer, reduction)
+    return StreamedFeatures(source, layer, reduction, block_rows)
 
 
 def _as_source(source: Any, role: str) -> Any:

@@ -141,6 +141,24 @@ def test_probe_cli_writes_table_and_plot(tiny_checkpoints, tmp_path, capsys):
     assert "linear probe (gap)" in capsys.readouterr().out
 
 
+def test_probe_cli_max_memory_streams_the_same_probe(tiny_checkpoints, tmp_path):
+    from analyses import probe as probe_cli
+
+    tables = {}
+    for name, extra in (("whole", []), ("streamed", ["--max-memory", "2"])):
+        tables[name] = probe_cli.run(probe_cli.parse_args(
+            ["--ckpt", str(tiny_checkpoints["a"]), "--n-train", "300", "--n-test", "100",
+             "--reduction", "flatten", "--layers", "layers.s1b1", "layers.s3b1",
+             "--out", str(tmp_path / name), "--cache", str(tmp_path / "cache"), *extra]))
+    whole, streamed = (next(iter(t.values())) for t in tables.values())
+    assert [r.dim for r in streamed] == [256, 64]  # 2 MiB hold about 110 rows of s1b1
+    for a, b in zip(whole, streamed):
+        assert a.C == b.C and abs(a.test_acc - b.test_acc) <= 0.02
+    with pytest.raises(SystemExit, match="cannot hold a probe"):
+        probe_cli.main(["--ckpt", str(tiny_checkpoints["a"]), "--max-memory", "0.001",
+                        "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")])
+
+
 def test_probe_cli_missing_checkpoint(tmp_path):
     from analyses import probe as probe_cli
 

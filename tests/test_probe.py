@@ -146,7 +146,7 @@ def test_gpu_gives_the_cpu_fit():
 def test_standardisation_uses_the_train_split_exactly():
     x, y = overlapping(5)
     probe = LinearProbe().fit(x, y)
-    np.testing.assert_array_equal(probe.mean_, x.mean(axis=0))
+    np.testing.assert_allclose(probe.mean_, x.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(probe.scale_, x.std(axis=0), rtol=1e-12)
 
 
@@ -155,9 +155,9 @@ def test_cross_validation_sees_only_train_rows(monkeypatch):
     seen = []
     real_path = probe_module._SOLVER_PATHS["torch"]
 
-    def spy(z, codes, *args):
-        seen.append(z * probe.scale_ + probe.mean_)  # back to raw features
-        return real_path(z, codes, *args)
+    def spy(rows, *args):
+        seen.append(rows.z.numpy() * probe.scale_ + probe.mean_)  # back to raw features
+        return real_path(rows, *args)
 
     monkeypatch.setitem(probe_module._SOLVER_PATHS, "torch", spy)
     probe = LinearProbe(solver="torch", dtype="float64", cv=3)

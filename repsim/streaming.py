@@ -1,0 +1,185 @@
+"""Feature matrices for the linear probe, in memory or streamed from a file in row blocks.
+
+A probe of a layer whose train features do not fit in memory reads them from the activation
+file in blocks of rows, again for every evaluation of the objective: only one block, the
+D × D preconditioner and a few vectors per row are held at a time
+(:func:`repsim.probe.probe_memory`).
+
+* :class:`StreamedFeatures` (public) names the (N, D) matrix of one layer and reduction of an
+  activation file (or any object with its ``read(layer, reduction, rows)``) and the block size;
+  :class:`repsim.probe.LinearProbe` fits, predicts and scores it like an array.
+* :func:`column_moments` gives the standardisation of such a matrix in two passes.
+* :class:`MemoryRows` and :class:`StreamedRows` are what the torch solver iterates over:
+  standardised blocks (b, D) on the solver's device with their class codes (b,).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["StreamedFeatures", "column_moments"]
+
+# Rows per block when an in-memory matrix is reduced column-wise (the standardisation):
+# bounds the float64 temporaries to 8·ROW_BLOCK·D bytes, whatever N is.
+ROW_BLOCK = 8192
+
+
+class ProbeError(ValueError):
+    """Inputs a linear probe cannot be fitted or evaluated on; the message says how to fix it.
+
+    Public as :class:`repsim.probe.ProbeError`; defined here, where the first checks run."""
+
+
+@dataclass(frozen=True)
+class StreamedFeatures:
+    """The (N, D) features of ``layer`` under ``reduction`` in ``source``, read in row blocks.
+
+    ``source``: a :class:`repsim.store.ActivationFile`, a :class:`repsim.probe.ActivationSet`
+    or anything with ``labels`` (N,) and ``read(layer, reduction, rows: slice)``.
+    ``block_rows``: rows read at a time; :func:`repsim.probe.probe_block_rows` picks it from
+    a memory budget.
+
+    >>> probe = LinearProbe().fit(StreamedFeatures(train, "layers.s3b4", "flatten", 2048),
+    ...                           train.labels)                          # doctest: +SKIP
+    """
+
+    source: Any
+    layer: str
+    reduction: str
+    block_rows: int
+
+    def __post_init__(self):
+        if isinstance(self.block_rows, bool) or not isinstance(self.block_rows, int) \
+                or self.block_rows < 1:
+            raise ProbeError(f"block_rows must be a positive int, got {self.block_rows!r}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(N, D), read from the source's labels and first row."""
+        first = self.source.read(self.layer, self.reduction, slice(0, 1))
+        return len(self.source.labels), int(np.shape(first)[1])
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, (≤ block_rows, D) float array) for consecutive blocks covering all rows."""
+        for start in range(0, len(self.source.labels), self.block_rows):
+            block = np.asarray(self.source.read(self.layer, self.reduction,
+                                                slice(start, start + self.block_rows)))
+            _check_finite(block, start, self)
+            yield start, block
+
+
+def array_blocks(x: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, view) for blocks of :data:`ROW_BLOCK` rows of an in-memory x (N, D)."""
+    for start in range(0, len(x), ROW_BLOCK):
+        yield start, x[start:start + ROW_BLOCK]
+
+
+def _check_finite(block: np.ndarray, start: int, features: StreamedFeatures) -> None:
+    bad = ~np.isfinite(block)
+    if bad.any():
+        row = start + int(np.argwhere(bad)[0, 0])
+        raise ProbeError(f"{features.layer!r} ({features.reduction}) has {int(bad.sum())} NaN "
+                          f"or infinite values in rows {start}…{start + len(block) - 1}, the "
+                          f"first in row {row}; check the layer's activations")
+
+
+def column_moments(blocks: Callable[[], Iterable[tuple[int, np.ndarray]]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (D,) float64 of the rows that ``blocks()`` yields.
+
+    Two passes (the mean first, then the squared deviations from it) with float64 sums, so
+    the result does not depend on the block size beyond rounding. A feature whose variance is
+    within rounding error of 0 gets scale 1, by scikit-learn's ``StandardScaler`` rule, so it
+    standardises to 0 rather than to noise or NaN.
+    """
+    n, total = 0, 0.0
+    for _, block in blocks():
+        n += len(block)
+        total = total + block.sum(axis=0, dtype=np.float64)
+    mean = total / n
+    squares = 0.0
+    for _, block in blocks():
+        deviation = block - mean
+        squares = squares + np.einsum("ij,ij->j", deviation, deviation)
+    var = squares / n
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    return mean, np.where(constant, 1.0, np.sqrt(var))
+
+
+def standardise(block: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(block − mean) / scale in the block's own floating precision; block (b, D) float."""
+    return (block - mean.astype(block.dtype)) / scale.astype(block.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the torch solver iterates over
+# ---------------------------------------------------------------------------------------------
+
+
+class MemoryRows:
+    """Standardised features z (n, D), already on the solver's device, and codes (n,)."""
+
+    def __init__(self, z: torch.Tensor, codes: np.ndarray):
+        self.z, self.codes = z, np.asarray(codes)
+        self._targets = torch.as_tensor(self.codes, device=z.device)
+
+    @property
+    def n(self) -> int:
+        return len(self.codes)
+
+    @property
+    def dim(self) -> int:
+        return self.z.shape[1]
+
+    def subset(self, rows: np.ndarray) -> MemoryRows:
+        """These rows (positions 0 … n−1) alone, as a copy."""
+        return MemoryRows(self.z[torch.as_tensor(rows, device=self.z.device)], self.codes[rows])
+
+    def blocks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One block: all of z (n, D) and the codes (n,) as a tensor."""
+        yield self.z, self._targets
+
+
+class StreamedRows:
+    """Rows ``keep`` (N,) bool of streamed features, standardised block by block on reading."""
+
+    def __init__(self, features: StreamedFeatures, mean: np.ndarray, scale: np.ndarray,
+                 codes: np.ndarray, keep: np.ndarray, *, dtype: torch.dtype,
+                 device: torch.device):
+        self.features, self.mean, self.scale = features, mean, scale
+        self.all_codes, self.keep = np.asarray(codes), np.asarray(keep, dtype=bool)
+        self.dtype, self.device = dtype, device
+        self.codes = self.all_codes[self.keep]
+        self._dim = features.shape[1]
+
+    @property
+    def n(self) -> int:
+        return len(self.codes)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def subset(self, rows: np.ndarray) -> StreamedRows:
+        """These rows (positions 0 … n−1 among the kept ones) alone; nothing is read."""
+        keep = np.zeros_like(self.keep)
+        keep[np.flatnonzero(self.keep)[rows]] = True
+        return StreamedRows(self.features, self.mean, self.scale, self.all_codes, keep,
+                            dtype=self.dtype, device=self.device)
+
+    def blocks(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Standardised kept rows (b, D) of each block read, and their codes (b,)."""
+        for start, block in self.features.blocks():
+            stop = start + len(block)
+            mask = self.keep[start:stop]
+            if not mask.any():
+                continue
+            z = standardise(block if mask.all() else block[mask], self.mean, self.scale)
+            yield (torch.as_tensor(z, dtype=self.dtype, device=self.device),
+                   torch.as_tensor(self.all_codes[start:stop][mask], device=self.device))
