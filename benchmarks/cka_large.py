@@ -18,8 +18,7 @@ minibatch CKA matrix
 and prints the file sizes, each run's peak RSS (``resource.getrusage``), its RSS before the
 CKA (interpreter, PyTorch, h5py: not part of the budget), the growth between the two, the
 ratio of the peaks, and the largest difference between the two matrices. The files are
-written by a child process too: Linux carries ``ru_maxrss`` across ``fork``/``exec``, so the
-parent stays small (it never imports PyTorch) and each child's peak is its own.
+written by a child process too (see :mod:`benchmarks.rss`).
 """
 
 from __future__ import annotations
@@ -28,19 +27,11 @@ import argparse
 import json
 import math
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-MIB = 2**20
-
-
-def peak_rss() -> int:
-    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from benchmarks.rss import MIB, child, peak_rss
 
 
 def write_files(folder: Path, rows: int, batch: int = 100) -> tuple[Path, Path]:
@@ -93,19 +84,11 @@ def compute(a_path: str, b_path: str, mode: str, budget: int, batch_size: int | 
             "matrix": np.asarray(result.matrix).tolist()}
 
 
-def child(*args: str, env: dict[str, str] | None = None) -> dict:
-    """Run this script with ``args`` in a fresh process; the JSON of its last output line."""
-    out = subprocess.run([sys.executable, "-m", "benchmarks.cka_large", *args], check=True,
-                         capture_output=True, text=True, env={**os.environ, **(env or {})},
-                         cwd=Path(__file__).resolve().parents[1])
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def run_child(a: Path, b: Path, mode: str, budget: int, batch_size: int | None,
               env: dict[str, str] | None = None) -> dict:
     extra = [] if batch_size is None else ["--batch-size", str(batch_size)]
-    return child("--compute", mode, str(a), str(b), "--budget-bytes", str(budget), *extra,
-                 env=env)
+    return child("benchmarks.cka_large", "--compute", mode, str(a), str(b), "--budget-bytes",
+                 str(budget), *extra, env=env)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = math.ceil(args.ratio * budget / row_bytes / 100) * 100 + 100
     folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="cka-large-"))
     folder.mkdir(parents=True, exist_ok=True)
-    written = child("--write", str(folder), str(rows))
+    written = child("benchmarks.cka_large", "--write", str(folder), str(rows))
     a, b = Path(written["a"]), Path(written["b"])
     print(f"wrote {rows:,} rows × {row_bytes // 4:,} features per file in "
           f"{written['seconds']:.0f} s (writer's peak RSS {written['peak_rss'] / MIB:.0f} MiB)")

@@ -23,7 +23,10 @@ Solvers (the minimiser is the same; they differ in speed):
   minimiser unchanged, and on ResNet features it cuts the L-BFGS iterations at large C about
   tenfold. Above :data:`PRECONDITION_MAX_DIM` features the D×D eigendecomposition costs more
   than it saves and P = I. Its stopping test (largest gradient component below ``tol``) applies
-  to the gradient with respect to (V, b).
+  to the gradient with respect to (V, b). The objective and its closed-form gradient are
+  summed over row blocks, so the features may also stream from a file
+  (:class:`StreamedFeatures`, ``probe_layers(max_memory=...)``): each evaluation then reads
+  the file again, one block at a time, and :func:`probe_memory` bounds what is held.
 
 ``solver="auto"`` uses torch when the feature dimension exceeds ``torch_threshold``; the default
 threshold 0 means always, because the preconditioned path was faster at every dimension we

@@ -212,3 +212,13 @@ def test_activation_sets_stream_like_files():
     whole = probe_layers(train, test, Cs=(1.0,)).rows[0]
     blocks = probe_layers(train, test, Cs=(1.0,), max_memory=probe_memory(5, 210, 3, 30)).rows[0]
     assert abs(whole.test_acc - blocks.test_acc) <= 2 / 210
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_streamed_fit_on_the_gpu_equals_the_cpu_fit():
+    x, y = blobs(8)
+    settings = dict(dtype="float64", tol=1e-9, max_iter=5000)
+    cpu = LinearProbe(**settings).fit(x, y)
+    gpu = LinearProbe(device="cuda", **settings).fit(streamed(x, y, 64), y)
+    assert gpu.C_ == cpu.C_
+    np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-5, atol=1e-6)

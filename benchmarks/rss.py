@@ -1,0 +1,31 @@
+"""Peak-memory measurement shared by the large-data benchmarks (``cka_large``, ``probe_large``).
+
+Each measured run happens in a fresh child process: Linux carries ``ru_maxrss`` across
+``fork``/``exec``, so a parent that never imports PyTorch stays small and each child's peak
+is its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+MIB = 2**20
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def child(module: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``python -m module args`` from the repository root in a fresh process; the JSON of
+    its last output line."""
+    out = subprocess.run([sys.executable, "-m", module, *args], check=True,
+                         capture_output=True, text=True, env={**os.environ, **(env or {})},
+                         cwd=Path(__file__).resolve().parents[1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
