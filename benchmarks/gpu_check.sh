@@ -9,7 +9,9 @@
 # CUDA peaks next to the saved-tensor counts; d. the CUDA tests and tests/test_distributed.py.
 # Every step is time-boxed and all together stop after $BUDGET seconds (270); logs go to $OUT,
 # a summary to stdout and $OUT/summary.txt. Two NCCL ranks cannot share one GPU, hence one
-# process per torchrun.
+# process per torchrun. On the H100 machine each torchrun took about 20 s (mostly starting
+# CUDA) and a–c 2.5 minutes; tests/test_distributed.py (9 torchruns) needs several more, so
+# give BUDGET=420 for all of it (with BUDGET=210 one of its tests ran).
 set -u
 OUT=${OUT:?set OUT to the folder for the logs}
 DEVICE=${DEVICE:-cuda}
