@@ -80,8 +80,10 @@ def setup(device: str) -> tuple[World, torch.device, bool]:
         torch.cuda.set_device(target)
     if dist.is_initialized():
         return world, target, False
-    dist.init_process_group("nccl" if target.type == "cuda" else "gloo",
-                            rank=world.rank, world_size=world.world_size)
+    cuda = target.type == "cuda"
+    # device_id binds the nccl communicator to this process's GPU (barrier() warns otherwise)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=world.rank,
+                            world_size=world.world_size, device_id=target if cuda else None)
     return world, target, True
 
 
