@@ -1,7 +1,7 @@
 """Linear-probe separability of every layer, for one or more checkpoints.
 
     python -m analyses.probe --ckpt bp.pt auglocal.pt dgl.pt [--n-train 10000] [--n-test 2000]
-        [--reduction gap] [--max-memory MIB] [--out probe-out]
+        [--reduction gap] [--max-memory MIB] [--match-dim D [--match-seed S]] [--out probe-out]
 
 Each checkpoint's train and test splits are extracted through the same cache as
 ``analyses.cka``. Per layer: standardise on train, multinomial logistic regression with the
@@ -10,7 +10,9 @@ L2 strength chosen by cross-validation on train only, one evaluation on test (se
 (test accuracy against relative depth, one line per model, dashed chance line) and
 ``args.json``, and prints the table. ``--max-memory`` streams each layer's features from the
 cached files in row blocks that fit the budget (:func:`repsim.probe.probe_memory`), for
-activations larger than memory.
+activations larger than memory. ``--match-dim D`` probes every layer wider than D features on
+its seeded random projection to D (:mod:`repsim.projection`), since a higher dimension alone
+raises separability; the ``probe_dim`` column says what each layer was probed at.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from analyses.activations import (
 from analyses.cli import run_cli
 from repsim import plot
 from repsim.probe import ProbeTable, probe_layers
+from repsim.projection import check_match
 
-COLUMNS = ("model", "layer", "depth", "rel_depth", "dim", "C", "train_acc", "test_acc",
-           "chance", "n_train", "n_test", "solver")
+COLUMNS = ("model", "layer", "depth", "rel_depth", "dim", "probe_dim", "C", "train_acc",
+           "test_acc", "chance", "n_train", "n_test", "solver")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stream each layer from the files in row blocks whose working memory "
                         "fits in this many MiB (repsim.probe.probe_memory), for features "
                         "larger than memory; default: read each layer whole")
+    p.add_argument("--match-dim", type=int, metavar="D",
+                   help="probe every layer of more than D features on a seeded Gaussian random "
+                        "projection to D features (a higher dimension alone raises "
+                        "separability); default: every layer as it is")
+    p.add_argument("--match-seed", type=int, default=0, metavar="S",
+                   help="seed of the --match-dim projection (0)")
     p.add_argument("--device", default="cpu", help="extraction and the torch probe solver")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     return p.parse_args(argv)
@@ -68,6 +77,7 @@ def probe_checkpoint(ckpt: str, args: argparse.Namespace) -> tuple[str, ProbeTab
         max_memory = None if args.max_memory is None else int(args.max_memory * 2**20)
         table = probe_layers(train, test, reduction=args.reduction, layers=args.layers,
                              cv=args.folds, device=args.device, max_memory=max_memory,
+                             match_dim=args.match_dim, match_seed=args.match_seed,
                              progress=True)
         return model_label(train), table
 
@@ -82,23 +92,29 @@ def write_outputs(tables: dict[str, ProbeTable], args: argparse.Namespace, out: 
     curves = {label: ([r.rel_depth for r in t], [r.test_acc for r in t])
               for label, t in tables.items()}
     chance = max(r.chance for t in tables.values() for r in t)
-    plot.save_figure(plot.probe_plot(curves, chance=chance, reduction=args.reduction),
-                     out / "probe.png")
+    plot.save_figure(plot.probe_plot(curves, chance=chance, reduction=args.reduction,
+                                     match_dim=args.match_dim), out / "probe.png")
     (out / "args.json").write_text(json.dumps(vars(args), indent=1))
 
 
 def print_table(tables: dict[str, ProbeTable]) -> None:
     for label, table in tables.items():
-        print(f"\n{label}: linear probe ({table.reduction}), n_train {table.rows[0].n_train}, "
-              f"n_test {table.rows[0].n_test}, chance {table.rows[0].chance:.3f}")
-        print(f"{'layer':>16} {'depth':>5} {'dim':>6} {'C':>8} {'train':>7} {'test':>7}")
+        projection = "" if table.match_dim is None else \
+            f", random projection to {table.match_dim} (seed {table.match_seed})"
+        print(f"\n{label}: linear probe ({table.reduction}{projection}), n_train "
+              f"{table.rows[0].n_train}, n_test {table.rows[0].n_test}, chance "
+              f"{table.rows[0].chance:.3f}")
+        print(f"{'layer':>16} {'depth':>5} {'dim':>6} {'probed':>6} {'C':>8} {'train':>7} "
+              f"{'test':>7}")
         for row, name in zip(table, plot.short_labels([r.layer for r in table])):
-            print(f"{name:>16} {row.depth:>5} {row.dim:>6} {row.C:>8.3g} "
+            print(f"{name:>16} {row.depth:>5} {row.dim:>6} {row.probe_dim:>6} {row.C:>8.3g} "
                   f"{row.train_acc:>7.4f} {row.test_acc:>7.4f}")
 
 
 def run(args: argparse.Namespace) -> dict[str, ProbeTable]:
     check_distinct_names(args.ckpt)
+    if args.match_dim is not None:  # before any extraction
+        check_match(args.match_dim, args.match_seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tables = dict(probe_checkpoint(ckpt, args) for ckpt in args.ckpt)

@@ -74,10 +74,11 @@ def layer_matched_plot(diagonals: Mapping[str, Sequence[float]], layers: Sequenc
 
 
 def probe_plot(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
-               chance: float, reduction: str) -> plt.Figure:
+               chance: float, reduction: str, match_dim: int | None = None) -> plt.Figure:
     """Linear-probe test accuracy against relative depth (0 = first layer, 1 = last).
 
-    ``curves`` maps a model label to (relative depths, test accuracies).
+    ``curves`` maps a model label to (relative depths, test accuracies); ``match_dim``: the
+    wider layers were probed on a random projection to this many features (in the title).
     """
     fig, ax = plt.subplots(figsize=(5.5, 3.6), layout="constrained")
     for label, (depth, accuracy) in curves.items():
@@ -86,6 +87,9 @@ def probe_plot(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
     ax.set_xlabel("relative depth")
     ax.set_ylabel(f"linear probe test accuracy ({reduction})")
     ax.set_ylim(0, 1.02)
+    if match_dim is not None:
+        ax.set_title(f"layers wider than {match_dim}: random projection to {match_dim}",
+                     fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)
     return fig

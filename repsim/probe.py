@@ -33,6 +33,13 @@ threshold 0 means always, because the preconditioned path was faster at every di
 measured (D = 16 … 64, n = 6,667). Fits run with ``threads`` CPU threads (default 1, see
 :func:`_cpu_threads`); the previous thread settings are restored afterwards.
 
+Dimension matching: a wider layer is more separable for its width alone.
+``probe_layers(match_dim=d, match_seed=s)`` probes every layer of D > d features on x @ R, R
+(D, d) the seeded Gaussian matrix of :func:`repsim.projection.projection_matrix` (the same for
+train and test, every model and every run); narrower layers are probed as they are. A
+projected layer is read in one pass of row blocks (within ``max_memory`` when given, see
+:func:`projection_block_rows`) into an (N, d) array that is probed in memory.
+
 Chance level, as reported by :func:`probe_layers`: the test accuracy of always predicting the
 most frequent train class (ties: the smallest label). It is what a probe that learnt nothing
 but the train class frequencies scores, and it differs from 1/K on unbalanced splits.
@@ -56,6 +63,7 @@ from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from repsim.projection import check_match, project, projection_matrix, projection_memory
 from repsim.streaming import (
     MemoryRows,
     ProbeError,
@@ -75,6 +83,7 @@ __all__ = [
     "ProbeTable",
     "StreamedFeatures",
     "probe_block_rows",
+    "projection_block_rows",
     "probe_layers",
     "probe_memory",
 ]
@@ -519,7 +528,8 @@ class ProbeRow:
     layer: str
     depth: int            # position of the layer in the train file's layer order
     rel_depth: float      # depth / (L − 1), L layers in the file (0 when L = 1)
-    dim: int              # feature dimension D
+    dim: int              # the layer's feature dimension D
+    probe_dim: int        # features probed: match_dim for a randomly projected layer, else D
     C: float              # chosen inverse L2 strength
     train_acc: float      # accuracy of the refit on the train split
     test_acc: float
@@ -536,6 +546,8 @@ class ProbeTable:
     rows: tuple[ProbeRow, ...]
     reduction: str
     settings: ProbeSettings
+    match_dim: int | None = None  # features of the random projection of wider layers; None: off
+    match_seed: int = 0           # seed of that projection
 
     def records(self) -> list[dict]:
         """The rows as dicts (e.g. for ``csv.DictWriter`` or ``pandas.DataFrame``)."""
@@ -550,37 +562,44 @@ class ProbeTable:
 
 def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
                  layers: Sequence[str] | None = None, progress: bool = False,
-                 max_memory: int | None = None, **probe_kwargs: Any) -> ProbeTable:
+                 max_memory: int | None = None, match_dim: int | None = None,
+                 match_seed: int = 0, **probe_kwargs: Any) -> ProbeTable:
     """Probe every layer (or ``layers``) of a train and a test activation set.
 
     ``train``/``test``: :class:`repsim.store.ActivationFile`, :class:`ActivationSet`, or a dict
     ``{"layers": {name: (N, D)}, "labels": (N,), "meta": {...}, "indices": (N,)}``.
     ``max_memory`` (bytes): stream each layer that does not fit this budget from the sets in
     row blocks as large as :func:`probe_memory` allows (for files larger than memory; the
-    torch solver is used); a layer that fits is read whole. ``probe_kwargs`` go to
-    :class:`LinearProbe`. Refuses sets of different datasets, test classes the train split
-    lacks, missing layers, and the same rows used as train and test.
+    torch solver is used); a layer that fits is read whole. ``match_dim``: probe every layer
+    of more than match_dim features on its seeded random projection to match_dim features
+    (:mod:`repsim.projection`, seed ``match_seed``), so layers of different widths are
+    compared at one dimension. ``probe_kwargs`` go to :class:`LinearProbe`. Refuses sets of
+    different datasets, test classes the train split lacks, missing layers, and the same rows
+    used as train and test.
     """
     train, test = _as_source(train, "train"), _as_source(test, "test")
     settings = ProbeSettings(**probe_kwargs)
+    if match_dim is not None:
+        check_match(match_dim, match_seed)
     names = _check_pair(train, test, layers, settings.cv)
     y_train, y_test = np.asarray(train.labels), np.asarray(test.labels)
     chance = float(np.mean(y_test == _most_frequent(y_train)))
     order = list(train.layers)
     rows = []
-    n_classes = len(np.unique(y_train))
+    reader = _LayerReader(reduction, max_memory, len(np.unique(y_train)), settings.dtype,
+                          match_dim, match_seed)
     for name in tqdm(names, desc="probing layers", disable=not progress):
-        x_train, x_test = (_layer_features(source, name, reduction, max_memory, n_classes,
-                                           settings.dtype) for source in (train, test))
+        x_train, x_test, dim = reader.pair(train, test, name)
         probe = LinearProbe(**asdict(settings)).fit(x_train, y_train)
         depth = order.index(name)
         rows.append(ProbeRow(
-            layer=name, depth=depth, rel_depth=depth / max(len(order) - 1, 1),
-            dim=x_train.shape[1], C=probe.C_, train_acc=float(probe.score(x_train, y_train)),
+            layer=name, depth=depth, rel_depth=depth / max(len(order) - 1, 1), dim=dim,
+            probe_dim=x_train.shape[1], C=probe.C_,
+            train_acc=float(probe.score(x_train, y_train)),
             test_acc=float(probe.score(x_test, y_test)), chance=chance, n_train=len(y_train),
             n_test=len(y_test), solver=probe.solver_,
         ))
-    return ProbeTable(tuple(rows), reduction, settings)
+    return ProbeTable(tuple(rows), reduction, settings, match_dim, match_seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -613,9 +632,7 @@ def probe_memory(dim: int, n: int, n_classes: int, block_rows: int,
 def probe_block_rows(dim: int, n: int, n_classes: int, max_memory: int,
                      dtype: str = "float32") -> int:
     """The largest block (≤ n rows) whose :func:`probe_memory` fits in ``max_memory`` bytes."""
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) \
-            or max_memory <= 0:
-        raise ProbeError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    _check_budget(max_memory)
     fixed = probe_memory(dim, n, n_classes, 0, dtype)
     per_row = probe_memory(dim, n, n_classes, 1, dtype) - fixed
     rows = min(n, (max_memory - fixed) // per_row)
@@ -628,20 +645,87 @@ def probe_block_rows(dim: int, n: int, n_classes: int, max_memory: int,
     return int(rows)
 
 
-def _layer_features(source: Any, layer: str, reduction: str, max_memory: int | None,
-                    n_classes: int, dtype: str) -> np.ndarray | StreamedFeatures:
-    """The (N, D) features of one layer: read whole, or streamed within ``max_memory``.
+def projection_block_rows(dim: int, match_dim: int, n: int, n_classes: int, max_memory: int,
+                          dtype: str = "float32") -> int:
+    """The largest block (≤ n rows) whose one-pass projection of n rows, dim → match_dim
+    features (:func:`repsim.projection.projection_memory`), fits in ``max_memory`` bytes.
 
-    A layer that fits the budget in one block is read whole, so it is read once rather than
-    at every evaluation of the objective; the in-memory fit holds about 12·D bytes per row,
-    less than the rule's 17·D."""
-    if max_memory is None:
-        return source.read(layer, reduction)
-    n, dim = StreamedFeatures(source, layer, reduction, 1).shape
-    block_rows = probe_block_rows(dim, n, n_classes, max_memory, dtype)
-    if block_rows >= n:
-        return source.read(layer, reduction)
-    return StreamedFeatures(source, layer, reduction, block_rows)
+    The projected (n, match_dim) features are then probed in memory, which must fit too
+    (:func:`probe_memory` with one block of n rows); a budget that cannot hold both is refused.
+    """
+    _check_budget(max_memory)
+    fixed = projection_memory(dim, match_dim, n, 0)
+    per_row = projection_memory(dim, match_dim, n, 1) - fixed
+    fit = probe_memory(match_dim, n, n_classes, n, dtype)
+    rows = min(n, (max_memory - fixed) // per_row)
+    if rows < 1 or fit > max_memory:
+        need = max(fixed + per_row, fit) / 2**20
+        raise ProbeError(f"max_memory={max_memory / 2**20:.3g} MiB cannot hold the random "
+                         f"projection of {dim} features to match_dim={match_dim} for {n} rows "
+                         f"and the in-memory probe of it (at least {need:.1f} MiB: the "
+                         f"{dim}×{match_dim} float32 matrix, the projected rows and the probe); "
+                         "raise max_memory or lower match_dim")
+    return int(rows)
+
+
+def _check_budget(max_memory: Any) -> None:
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) \
+            or max_memory <= 0:
+        raise ProbeError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+
+
+@dataclass(frozen=True)
+class _LayerReader:
+    """How :func:`probe_layers` reads a layer's features: whole, streamed or projected."""
+
+    reduction: str
+    max_memory: int | None  # bytes; None: read every layer whole
+    n_classes: int
+    dtype: str              # of the probe's fits
+    match_dim: int | None   # project layers wider than this; None: never
+    match_seed: int
+
+    def pair(self, train: Any, test: Any, layer: str) -> tuple[Any, Any, int]:
+        """Train (N, D') and test (M, D') features of ``layer`` as probed (arrays or
+        :class:`StreamedFeatures`), and the layer's own width D."""
+        matrix = self._projection(train, layer)
+        x_train, x_test = (self._features(source, layer, matrix) for source in (train, test))
+        return x_train, x_test, x_train.shape[1] if matrix is None else len(matrix)
+
+    def _projection(self, source: Any, layer: str) -> np.ndarray | None:
+        """R (D, match_dim) when the layer is wider than match_dim, else None."""
+        if self.match_dim is None:
+            return None
+        width = StreamedFeatures(source, layer, self.reduction, 1).shape[1]
+        if width <= self.match_dim:
+            return None
+        return projection_matrix(width, self.match_dim, self.match_seed)
+
+    def _features(self, source: Any, layer: str, matrix: np.ndarray | None
+                  ) -> np.ndarray | StreamedFeatures:
+        """The (N, D) features of one layer: read whole, streamed within ``max_memory``, or
+        projected by ``matrix`` in one pass.
+
+        A layer that fits the budget in one block is read whole, so it is read once rather
+        than at every evaluation of the objective; the in-memory fit holds about 12·D bytes
+        per row, less than the rule's 17·D."""
+        if matrix is not None:
+            return self._projected(source, layer, matrix)
+        if self.max_memory is None:
+            return source.read(layer, self.reduction)
+        n, dim = StreamedFeatures(source, layer, self.reduction, 1).shape
+        block_rows = probe_block_rows(dim, n, self.n_classes, self.max_memory, self.dtype)
+        if block_rows >= n:
+            return source.read(layer, self.reduction)
+        return StreamedFeatures(source, layer, self.reduction, block_rows)
+
+    def _projected(self, source: Any, layer: str, matrix: np.ndarray) -> np.ndarray:
+        """x @ R (N, match_dim) of one layer, read in row blocks that fit ``max_memory``
+        (one block of all N rows without it)."""
+        n = len(source.labels)
+        block_rows = n if self.max_memory is None else projection_block_rows(
+            *matrix.shape, n, self.n_classes, self.max_memory, self.dtype)
+        return project(StreamedFeatures(source, layer, self.reduction, block_rows), matrix)
 
 
 def _as_source(source: Any, role: str) -> Any:

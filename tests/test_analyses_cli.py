@@ -216,3 +216,46 @@ def test_threads_flag_sets_torch_threads(tiny_checkpoints, tmp_path):
 
     _extract(tiny_checkpoints["a"], tmp_path / "a.h5", "--reduction", "gap", "--threads", "1")
     assert torch.get_num_threads() == 1   # conftest sets 2 before every test
+
+
+def test_probe_cli_match_dim_probes_wider_layers_on_a_random_projection(
+        tiny_checkpoints, tmp_path, capsys, monkeypatch):
+    from analyses import probe as probe_cli
+    from repsim import plot
+    from repsim.probe import LinearProbe
+
+    titles, real_save = [], plot.save_figure
+    monkeypatch.setattr(plot, "save_figure",
+                        lambda fig, path: titles.append(fig.axes[0].get_title())
+                        or real_save(fig, path))
+    out, cache = tmp_path / "probe", tmp_path / "cache"
+    probe_cli.main(["--ckpt", str(tiny_checkpoints["a"]), "--n-train", "300", "--n-test", "100",
+                    "--reduction", "flatten", "--layers", "layers.s1b1", "layers.s3b1",
+                    "--match-dim", "64", "--match-seed", "2", "--out", str(out),
+                    "--cache", str(cache)])
+    with (out / "probe.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["dim"], r["probe_dim"]) for r in rows] == [("256", "64"), ("64", "64")]
+    args = json.loads((out / "args.json").read_text())
+    assert (args["match_dim"], args["match_seed"]) == (64, 2)
+    printed = capsys.readouterr().out
+    assert "random projection to 64 (seed 2)" in printed and "probed" in printed
+    assert titles == ["layers wider than 64: random projection to 64"]
+    # independent check: the documented R applied by hand to the cached activations
+    acts = {}
+    for path in cache.iterdir():
+        with ActivationFile(path) as f:
+            acts[f.meta["split"]] = f.read("layers.s1b1", "flatten"), np.asarray(f.labels)
+    r = np.random.default_rng(2).standard_normal((256, 64), dtype=np.float32) / np.float32(8)
+    probe = LinearProbe().fit(acts["train"][0] @ r, acts["train"][1])
+    assert float(rows[0]["test_acc"]) == pytest.approx(probe.score(acts["test"][0] @ r,
+                                                                   acts["test"][1]))
+
+
+def test_probe_cli_refuses_a_bad_match_dim_before_extracting(tiny_checkpoints, tmp_path):
+    from analyses import probe as probe_cli
+
+    with pytest.raises(SystemExit, match="error: match_dim must be a positive int, got 0"):
+        probe_cli.main(["--ckpt", str(tiny_checkpoints["a"]), "--match-dim", "0",
+                        "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")])
+    assert not (tmp_path / "cache").exists()

@@ -209,14 +209,17 @@ def test_probe_layers_gives_one_documented_row_per_layer_in_order():
     assert [row.depth for row in table] == [0, 1, 2]
     assert [row.rel_depth for row in table] == [0.0, 0.5, 1.0]
     assert [row.dim for row in table] == [7, 9, 11]
+    assert [row.probe_dim for row in table] == [7, 9, 11]  # no match_dim: probed as they are
+    assert (table.match_dim, table.match_seed) == (None, 0)
     # train classes are balanced, so the most frequent is the smallest label, 0
     assert all(row.chance == pytest.approx(40 / 90) for row in table)
     assert all((row.n_train, row.n_test) == (120, 90) for row in table)
     assert all(row.C in ProbeSettings().Cs for row in table)
     assert table.rows[2].test_acc >= 0.95 and table.rows[0].test_acc < 0.6
     assert table.reduction == "gap"
-    assert list(table.records()[0]) == ["layer", "depth", "rel_depth", "dim", "C", "train_acc",
-                                        "test_acc", "chance", "n_train", "n_test", "solver"]
+    assert list(table.records()[0]) == ["layer", "depth", "rel_depth", "dim", "probe_dim", "C",
+                                        "train_acc", "test_acc", "chance", "n_train", "n_test",
+                                        "solver"]
 
 
 def test_probe_layers_takes_a_subset_and_keeps_file_depths():
