@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from repsim import probe as probe_module
-from repsim.extract import extract
 from repsim.probe import (
     LinearProbe,
     ProbeError,
@@ -125,34 +124,19 @@ def test_random_projection_keeps_pairwise_distances():
 
 
 @pytest.fixture(scope="module")
-def wide_files(tmp_path_factory):
+def wide_files(tmp_path_factory, write_blob_files):
     """Train and test files of a 200-wide layer of three-class blobs (270 rows each)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 200), nn.Tanh()).eval()
     centres = 1.5 * np.random.default_rng(7).standard_normal((3, 5))
-    folder, paths = tmp_path_factory.mktemp("wide"), {}
-    for split, seed in (("train", 4), ("test", 5)):
-        y = np.repeat(np.arange(3), 90)
-        x = torch.as_tensor(centres[y] + np.random.default_rng(seed).standard_normal((270, 5)),
-                            dtype=torch.float32)
-        batches = [(x[i:i + 64], torch.as_tensor(y[i:i + 64]), torch.arange(i, min(i + 64, 270)))
-                   for i in range(0, 270, 64)]
-        paths[split] = extract(model, batches, ["1"], folder / f"{split}.h5",
-                               reductions=("flatten",), progress=False,
-                               meta={"dataset": "blobs", "split": split})
-    return paths
+    y = np.repeat(np.arange(3), 90)
+    splits = {split: (centres[y] + np.random.default_rng(seed).standard_normal((270, 5)), y)
+              for split, seed in (("train", 4), ("test", 5))}
+    return write_blob_files(tmp_path_factory.mktemp("wide"),
+                            nn.Sequential(nn.Linear(5, 200), nn.Tanh()), ["1"], splits)
 
 
-def test_streamed_projection_gives_the_in_memory_table(wide_files, monkeypatch):
-    reads = []
-    real_read = ActivationFile.read
-
-    def spy(self, layer, reduction, rows=None):
-        out = real_read(self, layer, reduction, rows)
-        reads.append(len(out))
-        return out
-
-    monkeypatch.setattr(ActivationFile, "read", spy)
+def test_streamed_projection_gives_the_in_memory_table(wide_files, read_sizes):
+    reads = read_sizes
     settings = dict(reduction="flatten", match_dim=4, dtype="float64", tol=1e-6)
     block_rows = 92
     budget = max(projection_memory(200, 4, 270, block_rows),

@@ -7,7 +7,6 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from repsim.extract import extract
 from repsim.probe import (
     ActivationSet,
     LinearProbe,
@@ -100,32 +99,19 @@ def test_column_moments_do_not_depend_on_the_block_size():
 
 
 @pytest.fixture(scope="module")
-def activation_files(tmp_path_factory):
+def activation_files(tmp_path_factory, write_blob_files):
     """Train and test activation files of a two-layer map of three-class blobs."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 12), nn.Tanh()).eval()
-    folder, paths = tmp_path_factory.mktemp("acts"), {}
+    splits = {}
     for split, seed in (("train", 4), ("test", 5)):
         x, y = blobs(seed, n_per_class=90)
-        x = torch.as_tensor((x - 40.0) / 3.0)
-        batches = [(x[i:i + 64], torch.as_tensor(y[i:i + 64]), torch.arange(i, min(i + 64, 270)))
-                   for i in range(0, 270, 64)]
-        paths[split] = extract(model, batches, ["0", "1"], folder / f"{split}.h5",
-                               reductions=("flatten",), progress=False,
-                               meta={"dataset": "blobs", "split": split})
-    return paths
+        splits[split] = ((x - 40.0) / 3.0, y)
+    return write_blob_files(tmp_path_factory.mktemp("acts"), nn.Sequential(nn.Linear(5, 12),
+                            nn.Tanh()), ["0", "1"], splits)
 
 
-def test_probe_layers_streams_files_within_max_memory(activation_files, monkeypatch):
-    reads = []
-    real_read = ActivationFile.read
-
-    def spy(self, layer, reduction, rows=None):
-        out = real_read(self, layer, reduction, rows)
-        reads.append(len(out))
-        return out
-
-    monkeypatch.setattr(ActivationFile, "read", spy)
+def test_probe_layers_streams_files_within_max_memory(activation_files, read_sizes):
+    reads = read_sizes
     with ActivationFile(activation_files["train"]) as train, \
             ActivationFile(activation_files["test"]) as test:
         settings = dict(reduction="flatten", dtype="float64", tol=1e-6)
