@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['train_acc']:.4f} | {r['test_acc']:.4f} |")
     streamed, loaded = runs
     growth = (streamed["peak_rss"] - streamed["rss_before"]) / budget
-    print(f"growth / budget: streamed {growth:.2f}; seconds streamed / in memory: {streamed['seconds'] / loaded['seconds']:.2f}; "
+    print(f"growth / budget: streamed {growth:.2f}; seconds streamed / in memory: "
+          f"{streamed['seconds'] / loaded['seconds']:.2f}; "
           f"|test accuracy difference| {abs(streamed['test_acc'] - loaded['test_acc']):.4f}")
 
 
