@@ -24,7 +24,7 @@ from analyses.activations import (
     model_label,
     open_activations,
 )
-from analyses.cli import run_cli
+from analyses.cli import mebibytes, run_cli
 from repsim import plot
 from repsim.cka import CKAResult, cka_matrix
 from repsim.store import ActivationFile
@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int,
                    help="minibatch CKA (Nguyen et al. 2021) over batches of this size; "
                         "default: the full-batch estimator")
-    p.add_argument("--max-memory", type=float, metavar="MIB",
+    p.add_argument("--max-memory", type=mebibytes, metavar="MIB",
                    help="minibatch CKA with the largest batch whose working memory fits in "
                         "this many MiB (repsim.cka.minibatch_memory): for activation files "
                         "larger than memory; instead of --batch-size")
@@ -87,11 +87,10 @@ def title_of(result: CKAResult) -> str:
 def compare(a: ActivationFile, b: ActivationFile, stem: str, args: argparse.Namespace,
             out: Path) -> CKAResult:
     check_same_inputs(a, b)
-    max_memory = None if args.max_memory is None else int(args.max_memory * 2**20)
     result = cka_matrix(a, b, kernel=args.kernel, debiased=args.debiased,
                         batch_size=args.batch_size, threshold=args.threshold,
                         reduction=args.reduction, layers_a=args.layers, layers_b=args.layers,
-                        device=args.device, max_memory=max_memory)
+                        device=args.device, max_memory=args.max_memory)
     name_a, name_b = model_label(a), model_label(b)
     plot.save_figure(plot.cka_heatmap(result.matrix, result.layers_a, result.layers_b,
                                       name_a=name_a, name_b=name_b, title=title_of(result)),

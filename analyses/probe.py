@@ -29,7 +29,7 @@ from analyses.activations import (
     model_label,
     open_activations,
 )
-from analyses.cli import run_cli
+from analyses.cli import mebibytes, run_cli
 from repsim import plot
 from repsim.probe import ProbeTable, probe_layers
 from repsim.projection import check_match
@@ -51,10 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=3, help="cross-validation folds on train (3)")
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="activation cache (acts)")
     p.add_argument("--data-root", help="dataset folder (see training.train --help)")
-    p.add_argument("--max-memory", type=float, metavar="MIB",
-                   help="stream each layer from the files in row blocks whose working memory "
-                        "fits in this many MiB (repsim.probe.probe_memory), for features "
-                        "larger than memory; default: read each layer whole")
+    p.add_argument("--max-memory", type=mebibytes, metavar="MIB",
+                   help="stream each layer from the files in row blocks whose arrays fit in "
+                        "this many MiB (repsim.probe.probe_memory; the process grows by about "
+                        "1.6x that, give half of what may be used), for features larger than "
+                        "memory; default: read each layer whole")
     p.add_argument("--match-dim", type=int, metavar="D",
                    help="probe every layer of more than D features on a seeded Gaussian random "
                         "projection to D features (a higher dimension alone raises "
@@ -74,11 +75,10 @@ def probe_checkpoint(ckpt: str, args: argparse.Namespace) -> tuple[str, ProbeTab
               for split, n in (("train", args.n_train), ("test", args.n_test))}
     with open_activations(ckpt, splits["train"], **common) as train, \
             open_activations(ckpt, splits["test"], **common) as test:
-        max_memory = None if args.max_memory is None else int(args.max_memory * 2**20)
         table = probe_layers(train, test, reduction=args.reduction, layers=args.layers,
-                             cv=args.folds, device=args.device, max_memory=max_memory,
-                             match_dim=args.match_dim, match_seed=args.match_seed,
-                             progress=True)
+                             cv=args.folds, device=args.device,
+                             max_memory=args.max_memory, match_dim=args.match_dim,
+                             match_seed=args.match_seed, progress=True)
         return model_label(train), table
 
 

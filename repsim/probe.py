@@ -36,9 +36,11 @@ measured (D = 16 … 64, n = 6,667). Fits run with ``threads`` CPU threads (defa
 Dimension matching: a wider layer is more separable for its width alone.
 ``probe_layers(match_dim=d, match_seed=s)`` probes every layer of D > d features on x @ R, R
 (D, d) the seeded Gaussian matrix of :func:`repsim.projection.projection_matrix` (the same for
-train and test, every model and every run); narrower layers are probed as they are. A
-projected layer is read in one pass of row blocks (within ``max_memory`` when given, see
-:func:`projection_block_rows`) into an (N, d) array that is probed in memory.
+train and test, every model and every run); narrower layers are probed as they are. R
+multiplies the raw features, whose distances it keeps (Johnson–Lindenstrauss); the probe then
+standardises the projected ones as any others. A projected layer is read in one pass of row
+blocks (within ``max_memory`` when given, see :func:`projection_block_rows`) into an (N, d)
+array that is probed in memory.
 
 Chance level, as reported by :func:`probe_layers`: the test accuracy of always predicting the
 most frequent train class (ties: the smallest label). It is what a probe that learnt nothing
@@ -71,6 +73,7 @@ from repsim.streaming import (
     StreamedRows,
     array_blocks,
     column_moments,
+    feature_width,
     standardise,
 )
 
@@ -256,9 +259,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 def _check_features(X: Any, dim: int | None = None) -> np.ndarray:
     """X as a finite (n, D) float array; D must equal ``dim`` when given."""
     x = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X)
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
-        raise ProbeError(f"features must be a numeric (n_samples, n_features) array, got "
-                         f"dtype {x.dtype} and shape {x.shape}; reshape with x.reshape(n, -1)")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ProbeError(f"features must be numbers, got dtype {x.dtype}; pass the layer's "
+                         "activations as a float array")
+    feature_width(x)
     if dim is not None:
         _check_width(x.shape[1], dim)
     if not np.all(np.isfinite(x)):
@@ -363,6 +367,7 @@ def _torch_path(rows: Rows, n_classes: int, Cs: Sequence[float], start: _Fit | N
         p, p_inv = _preconditioner(eig, 1.0 / (C * rows.n))
         w, b, n_iter = _lbfgs(rows, C, p, p_inv, w, b, settings)
         fits.append(_Fit(w.T.double().cpu().numpy(), b.double().cpu().numpy(), n_iter))
+        del p, p_inv  # before the next pair is built: hold 5·D², not 7·D² (probe_memory)
     return fits
 
 
@@ -464,7 +469,7 @@ def _cross_validate(rows: Rows, n_classes: int, path, settings: ProbeSettings
     folds = StratifiedKFold(settings.cv, shuffle=True, random_state=settings.random_state)
     scores = np.empty((settings.cv, len(settings.Cs)))
     fold_fits = []
-    for f, (fit_rows, val_rows) in enumerate(folds.split(np.zeros((rows.n, 1)), rows.codes)):
+    for f, (fit_rows, val_rows) in enumerate(folds.split(rows.codes, rows.codes)):
         fits = path(rows.subset(fit_rows), n_classes, settings.Cs, None, settings)
         held_out = rows.subset(val_rows)
         scores[f] = [_accuracy(held_out, fit) for fit in fits]
@@ -589,13 +594,19 @@ def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
     reader = _LayerReader(reduction, max_memory, len(np.unique(y_train)), settings.dtype,
                           match_dim, match_seed)
     for name in tqdm(names, desc="probing layers", disable=not progress):
-        x_train, x_test, dim = reader.pair(train, test, name)
+        x_train, dim = reader.read(train, name)
         probe = LinearProbe(**asdict(settings)).fit(x_train, y_train)
+        probe_dim, train_acc = x_train.shape[1], float(probe.score(x_train, y_train))
+        del x_train  # the test split is read once the train split is let go (max_memory)
+        x_test, test_dim = reader.read(test, name)
+        if test_dim != dim:
+            raise ProbeError(f"layer {name!r} has {dim} features in the train set but "
+                             f"{test_dim} in the test set; extract both splits from the same "
+                             "model with the same reduction")
         depth = order.index(name)
         rows.append(ProbeRow(
             layer=name, depth=depth, rel_depth=depth / max(len(order) - 1, 1), dim=dim,
-            probe_dim=x_train.shape[1], C=probe.C_,
-            train_acc=float(probe.score(x_train, y_train)),
+            probe_dim=probe_dim, C=probe.C_, train_acc=train_acc,
             test_acc=float(probe.score(x_test, y_test)), chance=chance, n_train=len(y_train),
             n_test=len(y_test), solver=probe.solver_,
         ))
@@ -607,17 +618,18 @@ def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
 # ---------------------------------------------------------------------------------------------
 
 
-
 def probe_memory(dim: int, n: int, n_classes: int, block_rows: int,
                  dtype: str = "float32") -> int:
-    """Bytes a streamed probe fit of n rows × dim features holds at most (not counted: the
-    interpreter and libraries, and what the caller holds).
+    """Bytes the arrays of a streamed probe fit of n rows × dim features take at most (not
+    counted: the interpreter and libraries, freed blocks the allocator keeps, and what the
+    caller holds; measured, RSS grew by about 1.6× this; give ``max_memory`` half of what may
+    be used).
 
     * per row of a block: the block read, 4·D (float32), its finiteness mask, 1·D, the kept
       rows' copy, 4·D, and the standardised rows with their temporary, 8·D (float64 during
       :func:`column_moments`, the same bytes); float64 fits add the solver's copy, 8·D;
       logits and their gradient, 3·K'·8;
-    * per row of the file: labels, codes, fold indices and masks, 40 bytes;
+    * per row of the file: labels, codes, fold indices and masks, 64 bytes;
     * per feature: Σ, its eigenvectors, the preconditioner and its inverse, 5·D²·s (s the
       solver's bytes per number; none above :data:`PRECONDITION_MAX_DIM` features), and the
       weights, gradients and L-BFGS's 10 pairs of history, 26·D·K'·s.
@@ -626,7 +638,7 @@ def probe_memory(dim: int, n: int, n_classes: int, block_rows: int,
     size = 8 if dtype == "float64" else 4
     per_block_row = (17 if size == 4 else 25) * dim + 24 * outputs
     preconditioner = 5 * dim * dim * size if dim <= PRECONDITION_MAX_DIM else 0
-    return block_rows * per_block_row + 40 * n + preconditioner + 26 * dim * outputs * size
+    return block_rows * per_block_row + 64 * n + preconditioner + 26 * dim * outputs * size
 
 
 def probe_block_rows(dim: int, n: int, n_classes: int, max_memory: int,
@@ -638,10 +650,11 @@ def probe_block_rows(dim: int, n: int, n_classes: int, max_memory: int,
     rows = min(n, (max_memory - fixed) // per_row)
     if rows < 1:
         need = (fixed + per_row) / 2**20
+        held = (f"the {dim}×{dim} preconditioner and per-row labels"
+                if dim <= PRECONDITION_MAX_DIM else "per-row labels, folds and the weights")
         raise ProbeError(f"max_memory={max_memory / 2**20:.3g} MiB cannot hold a probe of "
-                          f"{dim} features and {n} rows (at least {need:.1f} MiB: the "
-                          f"{dim}×{dim} preconditioner and per-row labels); raise max_memory "
-                          "or probe a smaller reduction (e.g. gap or pool2)")
+                         f"{dim} features and {n} rows (at least {need:.1f} MiB: {held}); "
+                         "raise max_memory or probe a smaller reduction (e.g. gap or pool2)")
     return int(rows)
 
 
@@ -685,46 +698,32 @@ class _LayerReader:
     match_dim: int | None   # project layers wider than this; None: never
     match_seed: int
 
-    def pair(self, train: Any, test: Any, layer: str) -> tuple[Any, Any, int]:
-        """Train (N, D') and test (M, D') features of ``layer`` as probed (arrays or
-        :class:`StreamedFeatures`), and the layer's own width D."""
-        matrix = self._projection(train, layer)
-        x_train, x_test = (self._features(source, layer, matrix) for source in (train, test))
-        return x_train, x_test, x_train.shape[1] if matrix is None else len(matrix)
-
-    def _projection(self, source: Any, layer: str) -> np.ndarray | None:
-        """R (D, match_dim) when the layer is wider than match_dim, else None."""
-        if self.match_dim is None:
-            return None
-        width = StreamedFeatures(source, layer, self.reduction, 1).shape[1]
-        if width <= self.match_dim:
-            return None
-        return projection_matrix(width, self.match_dim, self.match_seed)
-
-    def _features(self, source: Any, layer: str, matrix: np.ndarray | None
-                  ) -> np.ndarray | StreamedFeatures:
-        """The (N, D) features of one layer: read whole, streamed within ``max_memory``, or
-        projected by ``matrix`` in one pass.
+    def read(self, source: Any, layer: str) -> tuple[Any, int]:
+        """The (N, D') features of ``layer`` as probed (an array or :class:`StreamedFeatures`)
+        and the layer's own width D.
 
         A layer that fits the budget in one block is read whole, so it is read once rather
-        than at every evaluation of the objective; the in-memory fit holds about 12·D bytes
-        per row, less than the rule's 17·D."""
-        if matrix is not None:
-            return self._projected(source, layer, matrix)
-        if self.max_memory is None:
-            return source.read(layer, self.reduction)
-        n, dim = StreamedFeatures(source, layer, self.reduction, 1).shape
-        block_rows = probe_block_rows(dim, n, self.n_classes, self.max_memory, self.dtype)
+        than at every evaluation of the objective (the in-memory fit holds about 12·D bytes
+        per row, less than the rule's 17·D)."""
+        if self.match_dim is None and self.max_memory is None:
+            x = source.read(layer, self.reduction)
+            return x, feature_width(x)
+        n, width = StreamedFeatures(source, layer, self.reduction, 1).shape
+        if self.match_dim is not None and width > self.match_dim:
+            return self._projected(source, layer, n, width), width
+        block_rows = n if self.max_memory is None else probe_block_rows(
+            width, n, self.n_classes, self.max_memory, self.dtype)
         if block_rows >= n:
-            return source.read(layer, self.reduction)
-        return StreamedFeatures(source, layer, self.reduction, block_rows)
+            return source.read(layer, self.reduction), width
+        return StreamedFeatures(source, layer, self.reduction, block_rows), width
 
-    def _projected(self, source: Any, layer: str, matrix: np.ndarray) -> np.ndarray:
-        """x @ R (N, match_dim) of one layer, read in row blocks that fit ``max_memory``
-        (one block of all N rows without it)."""
-        n = len(source.labels)
+    def _projected(self, source: Any, layer: str, n: int, width: int) -> np.ndarray:
+        """x @ R (N, match_dim) of one layer, read in row blocks that fit ``max_memory`` (one
+        block of all N rows without it). R depends only on (D, match_dim, match_seed), so the
+        train and test splits are projected alike although R is drawn again for each."""
+        matrix = projection_matrix(width, self.match_dim, self.match_seed)
         block_rows = n if self.max_memory is None else projection_block_rows(
-            *matrix.shape, n, self.n_classes, self.max_memory, self.dtype)
+            width, self.match_dim, n, self.n_classes, self.max_memory, self.dtype)
         return project(StreamedFeatures(source, layer, self.reduction, block_rows), matrix)
 
 

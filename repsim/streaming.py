@@ -54,15 +54,16 @@ class StreamedFeatures:
     block_rows: int
 
     def __post_init__(self):
-        if isinstance(self.block_rows, bool) or not isinstance(self.block_rows, int) \
+        if isinstance(self.block_rows, bool) or not isinstance(self.block_rows, (int, np.integer)) \
                 or self.block_rows < 1:
             raise ProbeError(f"block_rows must be a positive int, got {self.block_rows!r}")
+        object.__setattr__(self, "block_rows", int(self.block_rows))
 
     @property
     def shape(self) -> tuple[int, int]:
         """(N, D), read from the source's labels and first row."""
         first = self.source.read(self.layer, self.reduction, slice(0, 1))
-        return len(self.source.labels), int(np.shape(first)[1])
+        return len(self.source.labels), feature_width(first, f"{self.layer!r} ({self.reduction})")
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, (≤ block_rows, D) float array) for consecutive blocks covering all rows."""
@@ -73,6 +74,15 @@ class StreamedFeatures:
             yield start, block
 
 
+def feature_width(x: Any, what: str = "features") -> int:
+    """D of an (n, D) array; anything else is refused with the fix."""
+    shape = np.shape(x)
+    if len(shape) != 2:
+        raise ProbeError(f"{what} must be an (n_samples, n_features) array, got shape {shape}; "
+                         "reshape with x.reshape(n, -1), or extract the layer with a reduction")
+    return int(shape[1])
+
+
 def array_blocks(x: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(first row, view) for blocks of :data:`ROW_BLOCK` rows of an in-memory x (N, D)."""
     for start in range(0, len(x), ROW_BLOCK):
@@ -80,8 +90,8 @@ def array_blocks(x: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def _check_finite(block: np.ndarray, start: int, features: StreamedFeatures) -> None:
-    bad = ~np.isfinite(block)
-    if bad.any():
+    if not np.isfinite(block).all():
+        bad = ~np.isfinite(block)
         row = start + int(np.argwhere(bad)[0, 0])
         raise ProbeError(f"{features.layer!r} ({features.reduction}) has {int(bad.sum())} NaN "
                           f"or infinite values in rows {start}…{start + len(block) - 1}, the "
@@ -113,8 +123,10 @@ def column_moments(blocks: Callable[[], Iterable[tuple[int, np.ndarray]]]
 
 
 def standardise(block: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """(block − mean) / scale in the block's own floating precision; block (b, D) float."""
-    return (block - mean.astype(block.dtype)) / scale.astype(block.dtype)
+    """(block − mean) / scale, block (b, D), in the block's precision (at least float32): a
+    float64 copy of a large float32 layer would double its memory."""
+    dtype = np.promote_types(block.dtype, np.float32)
+    return (block - mean.astype(dtype)) / scale.astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -141,22 +141,42 @@ def test_probe_cli_writes_table_and_plot(tiny_checkpoints, tmp_path, capsys):
     assert "linear probe (gap)" in capsys.readouterr().out
 
 
-def test_probe_cli_max_memory_streams_the_same_probe(tiny_checkpoints, tmp_path):
+def test_probe_cli_max_memory_streams_the_same_probe(tiny_checkpoints, tmp_path, read_sizes):
     from analyses import probe as probe_cli
+    from repsim.probe import probe_block_rows
 
-    tables = {}
+    tables, reads = {}, {}
     for name, extra in (("whole", []), ("streamed", ["--max-memory", "2"])):
+        read_sizes.clear()
         tables[name] = probe_cli.run(probe_cli.parse_args(
             ["--ckpt", str(tiny_checkpoints["a"]), "--n-train", "300", "--n-test", "100",
              "--reduction", "flatten", "--layers", "layers.s1b1", "layers.s3b1",
              "--out", str(tmp_path / name), "--cache", str(tmp_path / "cache"), *extra]))
+        reads[name] = set(read_sizes)
     whole, streamed = (next(iter(t.values())) for t in tables.values())
-    assert [r.dim for r in streamed] == [256, 64]  # 2 MiB hold about 110 rows of s1b1
+    assert [r.dim for r in streamed] == [256, 64]
+    # s1b1's train split (300 × 256) streams in blocks that fit 2 MiB; the rest is read whole
+    block = probe_block_rows(256, 300, 10, 2 * 2**20)
+    assert block < 300 and block in reads["streamed"] and reads["whole"] == {300, 100}
     for a, b in zip(whole, streamed):
         assert a.C == b.C and abs(a.test_acc - b.test_acc) <= 0.02
     with pytest.raises(SystemExit, match="cannot hold a probe"):
         probe_cli.main(["--ckpt", str(tiny_checkpoints["a"]), "--max-memory", "0.001",
                         "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1e-9", "nan", "inf", "lots"])
+@pytest.mark.parametrize("command", ["probe", "cka"])
+def test_max_memory_must_be_a_positive_number_of_mib(command, value, tmp_path, capsys):
+    from analyses import probe as probe_cli
+
+    main = {"probe": probe_cli.main, "cka": cka_cli.main}[command]
+    inputs = ["--ckpt", "x.pt"] if command == "probe" else ["--a", "x.pt", "--b", "y.pt"]
+    with pytest.raises(SystemExit) as info:
+        main([*inputs, "--max-memory", value, "--out", str(tmp_path)])
+    assert info.value.code == 2  # refused while parsing, before anything is extracted
+    assert f"--max-memory: must be a positive number of MiB, e.g. 512, got '{value}'" \
+        in capsys.readouterr().err
 
 
 def test_probe_cli_missing_checkpoint(tmp_path):

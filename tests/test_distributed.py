@@ -174,21 +174,28 @@ def test_torchrun_with_one_process_matches_a_plain_run(tmp_path):
 
 
 def test_a_global_batch_that_the_processes_cannot_share_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    monkeypatch.setenv("RANK", "0")
+    for key, value in (("WORLD_SIZE", "3"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                       ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(key, value)
     with pytest.raises(ValueError, match="--batch-size 64 is the global batch and must be "
                                          "divisible by the 3 processes; choose e.g. 63"):
         loop.train(replace(TINY, out=str(tmp_path / "x.pt")))
 
 
 def test_world_from_env():
+    rendezvous = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     assert distributed.world_from_env({}) == distributed.SINGLE
     assert not distributed.SINGLE.launched and distributed.SINGLE.is_main
-    world = distributed.world_from_env({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "1"})
+    world = distributed.world_from_env({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "1",
+                                        **rendezvous})
     assert (world.rank, world.world_size, world.local_rank, world.launched,
             world.is_main) == (2, 4, 1, True, False)
-    assert distributed.world_from_env({"WORLD_SIZE": "1"}) == distributed.World(launched=True)
+    assert distributed.world_from_env({"WORLD_SIZE": "1", **rendezvous}) \
+        == distributed.World(launched=True)
     with pytest.raises(ValueError, match="RANK=4 lies outside"):
-        distributed.world_from_env({"WORLD_SIZE": "4", "RANK": "4"})
+        distributed.world_from_env({"WORLD_SIZE": "4", "RANK": "4", **rendezvous})
     with pytest.raises(ValueError, match="torchrun environment not understood"):
-        distributed.world_from_env({"WORLD_SIZE": "two"})
+        distributed.world_from_env({"WORLD_SIZE": "two", **rendezvous})
+    with pytest.raises(ValueError, match="WORLD_SIZE=1 is set but MASTER_ADDR and MASTER_PORT "
+                                         "not: start the run with torchrun, or unset"):
+        distributed.world_from_env({"WORLD_SIZE": "1"})

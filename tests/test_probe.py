@@ -274,6 +274,7 @@ def test_bad_settings_are_refused(settings, match):
     (lambda x, y: (x[:-58], y[:-58]), r"needs at least 3 train samples per class; .*\[2\] "
                                       r"have \[2\]"),
     (lambda x, y: (x[:, 0], y), r"\(n_samples, n_features\)"),
+    (lambda x, y: (x.astype(str), y), "features must be numbers, got dtype <U"),
     (lambda x, y: (x, y[:-1]), r"labels must have shape \(180,\)"),
     (lambda x, y: (np.where(x > 5, np.nan, x), y), "NaN or infinite"),
 ])

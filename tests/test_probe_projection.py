@@ -8,13 +8,15 @@ from torch import nn
 
 from repsim import probe as probe_module
 from repsim.probe import (
+    ActivationSet,
     LinearProbe,
     ProbeError,
+    StreamedFeatures,
     probe_layers,
     probe_memory,
     projection_block_rows,
 )
-from repsim.projection import projection_matrix, projection_memory
+from repsim.projection import project, projection_matrix, projection_memory
 from repsim.store import ActivationFile
 
 
@@ -145,14 +147,14 @@ def test_streamed_projection_gives_the_in_memory_table(wide_files, read_sizes):
     with ActivationFile(wide_files["train"]) as train, \
             ActivationFile(wide_files["test"]) as test:
         whole = probe_layers(train, test, **settings)
-        assert reads == [1, 270, 270]  # the width, then train and test whole
+        assert reads == [1, 270] * 2  # each split: its width, then whole
         reads.clear()
         blocks = probe_layers(train, test, max_memory=budget, **settings)
     # one pass over each file in blocks of at most 92 rows, after the width's one-row read
-    assert reads == [1] + [92, 92, 86] * 2
+    assert reads == [1, 92, 92, 86] * 2
     (a,), (b,) = whole.rows, blocks.rows
-    assert (a.dim, a.probe_dim, a.C, a.solver) == (b.dim, b.probe_dim, b.C, b.solver) \
-        == (200, 4, a.C, a.solver)
+    assert (a.dim, a.probe_dim) == (b.dim, b.probe_dim) == (200, 4)
+    assert (a.C, a.solver) == (b.C, b.solver)
     assert abs(a.train_acc - b.train_acc) <= 1 / 270 and abs(a.test_acc - b.test_acc) <= 1 / 270
 
 
@@ -186,6 +188,14 @@ def test_bad_match_seed_is_refused(match_seed):
 def test_a_test_layer_of_another_width_is_refused():
     test = layered(1)
     test["layers"]["l30"] = test["layers"]["l30"][:, :25]
-    with pytest.raises(ProbeError, match="'l30' \\(gap\\) has 25 features here but the "
-                                         "projection was drawn for 30"):
+    with pytest.raises(ProbeError, match="layer 'l30' has 30 features in the train set but "
+                                         "25 in the test set"):
         probe_layers(layered(0), test, match_dim=10, layers=["l30"])
+
+
+def test_project_refuses_a_matrix_drawn_for_another_width():
+    data = layered(0)
+    features = StreamedFeatures(ActivationSet(data["layers"], data["labels"]), "l12", "gap", 64)
+    with pytest.raises(ProbeError, match="'l12' \\(gap\\) has 12 features here but the "
+                                         "projection was drawn for 30"):
+        project(features, projection_matrix(30, 10))

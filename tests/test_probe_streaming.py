@@ -4,6 +4,7 @@ bounded reads, and every error path."""
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
@@ -208,3 +209,59 @@ def test_streamed_fit_on_the_gpu_equals_the_cpu_fit():
     gpu = LinearProbe(device="cuda", **settings).fit(streamed(x, y, 64), y)
     assert gpu.C_ == cpu.C_
     np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-5, atol=1e-6)
+
+
+def test_integer_features_stream_like_the_in_memory_fit():
+    x, y = blobs(9)
+    x = np.round(x * 10).astype(np.int32)  # counts, say: standardised in float, not in int
+    memory = LinearProbe(Cs=(1.0,), dtype="float64", tol=1e-9).fit(x, y)
+    blocks = LinearProbe(Cs=(1.0,), dtype="float64", tol=1e-9).fit(streamed(x, y, 40), y)
+    np.testing.assert_allclose(blocks.coef_, memory.coef_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(memory.predict(streamed(x, y, 40)), memory.predict(x))
+
+
+def test_the_streamed_fit_allocates_within_the_rule(activation_files_large):
+    """tracemalloc sees NumPy's arrays (the blocks, masks, standardised copies, labels and
+    folds), not torch's: the rule must cover at least those, train and test alike."""
+    import tracemalloc
+
+    with ActivationFile(activation_files_large["train"]) as train, \
+            ActivationFile(activation_files_large["test"]) as test:
+        budget = probe_memory(64, 4000, 3, block_rows=400)
+        with pytest.warns(ConvergenceWarning):
+            probe_layers(train, test, reduction="flatten", max_memory=budget, Cs=(1.0,),
+                         max_iter=1)
+        tracemalloc.start()  # after a first run: lazy imports and caches are not the probe's
+        try:
+            table = probe_layers(train, test, reduction="flatten", max_memory=budget, Cs=(1.0,))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert table.rows[0].test_acc > 0.5
+    assert peak <= budget, f"NumPy alone peaked at {peak / budget:.2f}× the budget"
+
+
+@pytest.fixture(scope="module")
+def activation_files_large(tmp_path_factory, write_blob_files):
+    """4,000 train and test rows of a 64-wide layer of three-class blobs."""
+    torch.manual_seed(0)
+    splits = {split: blobs(seed, n_per_class=1334)[0][:4000] for split, seed in
+              (("train", 10), ("test", 11))}
+    y = np.repeat(np.arange(3), 1334)[:4000]
+    return write_blob_files(tmp_path_factory.mktemp("large"), nn.Sequential(nn.Linear(5, 64)),
+                            ["0"], {split: ((x - 40.0) / 3.0, y) for split, x in splits.items()})
+
+
+@pytest.mark.parametrize("options", [{}, {"max_memory": 2**20}, {"match_dim": 2}])
+def test_a_layer_that_is_not_a_matrix_is_refused(options):
+    x, y = blobs(0)
+    train = ActivationSet({"a": x[:, 0]}, y, {"split": "train"})
+    test = ActivationSet({"a": x[:, 0]}, y, {"split": "test"})
+    with pytest.raises(ProbeError, match=r"must be an \(n_samples, n_features\) array, got "
+                                         r"shape \((210,|1,)\)"):
+        probe_layers(train, test, **options)
+
+
+def test_too_small_a_budget_without_a_preconditioner_says_what_it_holds():
+    with pytest.raises(ProbeError, match="8192 features and 1000000 rows .*: per-row labels"):
+        probe_block_rows(8192, 1_000_000, 10, 2**20)

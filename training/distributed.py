@@ -60,6 +60,11 @@ def world_from_env(env: dict[str, str] | None = None) -> World:
     if not 0 <= world.rank < world.world_size:
         raise ValueError(f"RANK={world.rank} lies outside 0…WORLD_SIZE−1 = "
                          f"{world.world_size - 1}; start the run with torchrun")
+    missing = [key for key in ("MASTER_ADDR", "MASTER_PORT") if key not in env]
+    if missing:  # e.g. a cluster that exports WORLD_SIZE to every job
+        raise ValueError(f"WORLD_SIZE={env['WORLD_SIZE']} is set but {' and '.join(missing)} "
+                         "not: start the run with torchrun, or unset WORLD_SIZE for a "
+                         "single-process run")
     return world
 
 
