@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-memory", type=mebibytes, metavar="MIB",
                    help="stream each layer from the files in row blocks whose arrays fit in "
                         "this many MiB (repsim.probe.probe_memory; the process grows by about "
-                        "1.6x that, give half of what may be used), for features larger than "
+                        "1.4x that, give half of what may be used), for features larger than "
                         "memory; default: read each layer whole")
     p.add_argument("--match-dim", type=int, metavar="D",
                    help="probe every layer of more than D features on a seeded Gaussian random "

@@ -63,7 +63,7 @@ def warm_up() -> None:
     rng = np.random.default_rng(0)
     sets = [ActivationSet({LAYER: rng.standard_normal((200, 8), dtype=np.float32)},
                           np.arange(200) % 10, {"split": split}) for split in ("train", "test")]
-    for budget in (None, 20_000):
+    for budget in (None, 40_000):  # 40 kB: blocks of 46 of the 200 rows
         probe_layers(*sets, max_memory=budget, Cs=(1.0,))
 
 

@@ -25,7 +25,9 @@ def peak_rss() -> int:
 def child(module: str, *args: str, env: dict[str, str] | None = None) -> dict:
     """Run ``python -m module args`` from the repository root in a fresh process; the JSON of
     its last output line."""
-    out = subprocess.run([sys.executable, "-m", module, *args], check=True,
-                         capture_output=True, text=True, env={**os.environ, **(env or {})},
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})},
                          cwd=Path(__file__).resolve().parents[1])
+    if out.returncode:
+        sys.exit(f"python -m {module} {' '.join(args)} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -622,7 +622,7 @@ def probe_memory(dim: int, n: int, n_classes: int, block_rows: int,
                  dtype: str = "float32") -> int:
     """Bytes the arrays of a streamed probe fit of n rows × dim features take at most (not
     counted: the interpreter and libraries, freed blocks the allocator keeps, and what the
-    caller holds; measured, RSS grew by about 1.6× this; give ``max_memory`` half of what may
+    caller holds; measured, RSS grew by about 1.4× this; give ``max_memory`` half of what may
     be used).
 
     * per row of a block: the block read, 4·D (float32), its finiteness mask, 1·D, the kept
