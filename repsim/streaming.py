@@ -168,7 +168,6 @@ class StreamedRows:
         self.all_codes, self.keep = np.asarray(codes), np.asarray(keep, dtype=bool)
         self.dtype, self.device = dtype, device
         self.codes = self.all_codes[self.keep]
-        self._dim = features.shape[1]
 
     @property
     def n(self) -> int:
@@ -176,7 +175,7 @@ class StreamedRows:
 
     @property
     def dim(self) -> int:
-        return self._dim
+        return len(self.mean)
 
     def subset(self, rows: np.ndarray) -> StreamedRows:
         """These rows (positions 0 … n−1 among the kept ones) alone; nothing is read."""
