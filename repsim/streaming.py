@@ -94,8 +94,8 @@ def _check_finite(block: np.ndarray, start: int, features: StreamedFeatures) -> 
         bad = ~np.isfinite(block)
         row = start + int(np.argwhere(bad)[0, 0])
         raise ProbeError(f"{features.layer!r} ({features.reduction}) has {int(bad.sum())} NaN "
-                          f"or infinite values in rows {start}…{start + len(block) - 1}, the "
-                          f"first in row {row}; check the layer's activations")
+                         f"or infinite values in rows {start}…{start + len(block) - 1}, the "
+                         f"first in row {row}; check the layer's activations")
 
 
 def column_moments(blocks: Callable[[], Iterable[tuple[int, np.ndarray]]]
