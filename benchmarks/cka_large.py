@@ -27,11 +27,10 @@ import argparse
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.rss import MIB, child, peak_rss
+from benchmarks.rss import MIB, child, peak_rss, scratch_folder
 
 
 def write_files(folder: Path, rows: int, batch: int = 100) -> tuple[Path, Path]:
@@ -119,24 +118,17 @@ def main(argv: list[str] | None = None) -> None:
     budget = int(args.budget_mib * MIB)
     row_bytes = 4 * (16 * 32 * 32 * 2 + 32 * 16 * 16 + 64 * 8 * 8)  # resnet8 width 16, flatten
     rows = math.ceil(args.ratio * budget / row_bytes / 100) * 100 + 100
-    folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="cka-large-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    written = child("benchmarks.cka_large", "--write", str(folder), str(rows))
-    a, b = Path(written["a"]), Path(written["b"])
-    print(f"wrote {rows:,} rows × {row_bytes // 4:,} features per file in "
-          f"{written['seconds']:.0f} s (writer's peak RSS {written['peak_rss'] / MIB:.0f} MiB)")
-    sizes = [os.path.getsize(a), os.path.getsize(b)]
-    try:
+    with scratch_folder(args.folder, args.keep, "cka-large-", ("a.h5", "b.h5")) as folder:
+        written = child("benchmarks.cka_large", "--write", str(folder), str(rows))
+        a, b = Path(written["a"]), Path(written["b"])
+        print(f"wrote {rows:,} rows × {row_bytes // 4:,} features per file in "
+              f"{written['seconds']:.0f} s (writer's peak RSS "
+              f"{written['peak_rss'] / MIB:.0f} MiB)")
+        sizes = [os.path.getsize(a), os.path.getsize(b)]
         streamed = run_child(a, b, "streamed", budget, None)
         trimmed = run_child(a, b, "streamed, MALLOC_MMAP_THRESHOLD_=1048576", budget, None,
                             env={"MALLOC_MMAP_THRESHOLD_": str(MIB)})
         loaded = run_child(a, b, "in-memory", budget, streamed["batch_size"])
-    finally:
-        if not args.keep:
-            for path in (a, b):
-                path.unlink(missing_ok=True)
-            if not args.folder:
-                folder.rmdir()
     diff = max(abs(x - y) for run in (streamed, trimmed)
                for ra, rb in zip(run["matrix"], loaded["matrix"]) for x, y in zip(ra, rb))
     print(f"files: a {sizes[0] / MIB:,.0f} MiB, b {sizes[1] / MIB:,.0f} MiB "

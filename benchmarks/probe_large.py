@@ -23,11 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.rss import MIB, child, peak_rss
+from benchmarks.rss import MIB, child, peak_rss, scratch_folder
 
 LAYER = "layers.s3b1"
 
@@ -112,23 +111,15 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     budget = int(args.budget_mib * MIB)
-    folder = Path(args.folder) if args.folder else Path(tempfile.mkdtemp(prefix="probe-large-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    paths = child("benchmarks.probe_large", "--write", str(folder), "--n-train",
-                  str(args.n_train), "--reduction", args.reduction)
-    print(f"wrote the activation files in {time.perf_counter() - start:.0f} s")
-    sizes = {split: os.path.getsize(path) for split, path in paths.items()}
-    try:
+    with scratch_folder(args.folder, args.keep, "probe-large-", ("train.h5", "test.h5")) as folder:
+        start = time.perf_counter()
+        paths = child("benchmarks.probe_large", "--write", str(folder), "--n-train",
+                      str(args.n_train), "--reduction", args.reduction)
+        print(f"wrote the activation files in {time.perf_counter() - start:.0f} s")
+        sizes = {split: os.path.getsize(path) for split, path in paths.items()}
         runs = [child("benchmarks.probe_large", "--compute", mode, paths["train"],
                       paths["test"], "--reduction", args.reduction, "--budget-bytes", str(budget))
                 for mode in ("streamed", "in-memory")]
-    finally:
-        if not args.keep:
-            for path in paths.values():
-                Path(path).unlink(missing_ok=True)
-            if not args.folder:
-                folder.rmdir()
     print(f"files: train {sizes['train'] / MIB:,.1f} MiB ({sizes['train'] / budget:.1f}× the "
           f"{budget / MIB:g} MiB budget), test {sizes['test'] / MIB:,.1f} MiB; "
           f"{runs[0]['dim']} features")
