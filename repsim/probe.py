@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -644,12 +644,9 @@ def probe_memory(dim: int, n: int, n_classes: int, block_rows: int,
 def probe_block_rows(dim: int, n: int, n_classes: int, max_memory: int,
                      dtype: str = "float32") -> int:
     """The largest block (≤ n rows) whose :func:`probe_memory` fits in ``max_memory`` bytes."""
-    _check_budget(max_memory)
-    fixed = probe_memory(dim, n, n_classes, 0, dtype)
-    per_row = probe_memory(dim, n, n_classes, 1, dtype) - fixed
-    rows = min(n, (max_memory - fixed) // per_row)
+    rows = _largest_block(lambda b: probe_memory(dim, n, n_classes, b, dtype), n, max_memory)
     if rows < 1:
-        need = (fixed + per_row) / 2**20
+        need = probe_memory(dim, n, n_classes, 1, dtype) / 2**20
         held = (f"the {dim}×{dim} preconditioner and per-row labels"
                 if dim <= PRECONDITION_MAX_DIM else "per-row labels, folds and the weights")
         raise ProbeError(f"max_memory={max_memory / 2**20:.3g} MiB cannot hold a probe of "
@@ -666,13 +663,10 @@ def projection_block_rows(dim: int, match_dim: int, n: int, n_classes: int, max_
     The projected (n, match_dim) features are then probed in memory, which must fit too
     (:func:`probe_memory` with one block of n rows); a budget that cannot hold both is refused.
     """
-    _check_budget(max_memory)
-    fixed = projection_memory(dim, match_dim, n, 0)
-    per_row = projection_memory(dim, match_dim, n, 1) - fixed
+    rows = _largest_block(lambda b: projection_memory(dim, match_dim, n, b), n, max_memory)
     fit = probe_memory(match_dim, n, n_classes, n, dtype)
-    rows = min(n, (max_memory - fixed) // per_row)
     if rows < 1 or fit > max_memory:
-        need = max(fixed + per_row, fit) / 2**20
+        need = max(projection_memory(dim, match_dim, n, 1), fit) / 2**20
         raise ProbeError(f"max_memory={max_memory / 2**20:.3g} MiB cannot hold the random "
                          f"projection of {dim} features to match_dim={match_dim} for {n} rows "
                          f"and the in-memory probe of it (at least {need:.1f} MiB: the "
@@ -681,10 +675,14 @@ def projection_block_rows(dim: int, match_dim: int, n: int, n_classes: int, max_
     return int(rows)
 
 
-def _check_budget(max_memory: Any) -> None:
+def _largest_block(memory: Callable[[int], int], n: int, max_memory: Any) -> int:
+    """The largest b ≤ n with memory(b) ≤ max_memory, for a memory rule linear in the block
+    rows b; 0 when not even b = 1 fits."""
     if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) \
             or max_memory <= 0:
         raise ProbeError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    fixed = memory(0)
+    return int(max(0, min(n, (max_memory - fixed) // (memory(1) - fixed))))
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,13 @@ __all__ = ["project", "projection_matrix", "projection_memory"]
 
 def check_match(match_dim: int, match_seed: int) -> None:
     """Refuse a match_dim that is not a positive int or a match_seed that is not an int ≥ 0."""
-    for name, value, least, example in (("match_dim", match_dim, 1, 256),
-                                        ("match_seed", match_seed, 0, 0)):
+    for name, value, least, example in (
+            ("match_dim", match_dim, 1, "256 (the features every wider layer is projected to)"),
+            ("match_seed", match_seed, 0, "0")):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
                 or value < least:
             kind = "a positive" if least else "a non-negative"
-            raise ProbeError(f"{name} must be {kind} int, got {value!r}; e.g. "
-                             f"{name}={example} (match_dim: the number of features every "
-                             "wider layer is projected to)")
+            raise ProbeError(f"{name} must be {kind} int, got {value!r}; e.g. {name}={example}")
 
 
 def projection_matrix(dim: int, match_dim: int, seed: int = 0) -> np.ndarray:
