@@ -1,4 +1,5 @@
-"""Publication figures: CKA heatmaps, layer-matched CKA lines, probe accuracy by depth.
+"""Publication figures: heatmaps of CKA and the other measures, layer-matched CKA lines, probe
+accuracy by depth.
 
 Every function returns a matplotlib ``Figure`` (shown inline in Jupyter) and draws only what
 it is given; the numbers behind each figure are written as data by the caller.
@@ -12,6 +13,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+
+from repsim.measures.result import SimilarityResult
 
 ANNOTATE_UP_TO = 12   # layers per side below which heatmap cells show their values
 
@@ -28,11 +31,12 @@ def short_labels(names: Sequence[str]) -> list[str]:
 
 def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[str], *,
                 name_a: str, name_b: str, title: str = "CKA",
-                annotate: bool | None = None) -> plt.Figure:
-    """Heatmap of a (La, Lb) similarity matrix: rows are model A's layers, columns model B's.
+                annotate: bool | None = None, value_range: tuple[float, float] = (0.0, 1.0),
+                label: str = "CKA") -> plt.Figure:
+    """Heatmap of a (La, Lb) map: rows are model A's layers, columns model B's.
 
-    The colour scale is fixed to [0, 1] so maps are comparable; NaN cells (a constant layer)
-    stay grey.
+    The colour scale is fixed to ``value_range`` ([0, 1] for CKA) so maps are comparable, and
+    the colour bar is labelled ``label``; NaN cells (a constant layer) stay grey.
     """
     matrix = np.asarray(matrix, dtype=float)
     la, lb = matrix.shape
@@ -41,16 +45,25 @@ def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[
     size = (max(4.0, 0.35 * lb + 2.5), max(3.5, 0.35 * la + 1.8))
     fig, ax = plt.subplots(figsize=size, layout="constrained")
     ax.set_facecolor("0.8")
-    sns.heatmap(matrix, vmin=0.0, vmax=1.0, cmap="magma", square=True, ax=ax,
+    sns.heatmap(matrix, vmin=value_range[0], vmax=value_range[1], cmap="magma", square=True, ax=ax,
                 annot=annotate, fmt=".2f", annot_kws={"fontsize": 7},
                 xticklabels=short_labels(layers_b), yticklabels=short_labels(layers_a),
-                cbar_kws={"label": "CKA", "shrink": 0.8})
+                cbar_kws={"label": label, "shrink": 0.8})
     ax.set_xlabel(f"{name_b}: layer")
     ax.set_ylabel(f"{name_a}: layer")
     ax.set_title(f"{name_a} vs {name_b}\n{title}", fontsize=10)
     ax.tick_params(axis="x", labelrotation=90)
     ax.tick_params(axis="y", labelrotation=0)
     return fig
+
+
+def result_heatmap(result: SimilarityResult, *, name_a: str, name_b: str, title: str,
+                   annotate: bool | None = None) -> plt.Figure:
+    """:func:`cka_heatmap` of any measure's result, with the colour scale and bar label its
+    measure declares (e.g. "linear CKA (similarity, 1 = identical)")."""
+    return cka_heatmap(result.matrix, result.layers_a, result.layers_b, name_a=name_a,
+                       name_b=name_b, title=title, annotate=annotate,
+                       value_range=result.colour_range, label=result.axis_label)
 
 
 def layer_matched_plot(diagonals: Mapping[str, Sequence[float]], layers: Sequence[str], *,

@@ -13,7 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import repsim.cka as cka_module
+import repsim.measures.cka as cka_module
+from repsim.sources import ActivationSet
 from repsim.cka import (
     CKAResult,
     ConstantRepresentationWarning,
@@ -112,22 +113,19 @@ shapes = st.tuples(st.integers(0, 10**6), st.integers(5, 40), st.integers(1, 60)
                    st.integers(1, 60))
 
 
-class FakeActivationFile:
-    """The duck type cka_matrix reads: .layers, .indices, .read(layer, reduction, rows)."""
+class FakeActivationFile(ActivationSet):
+    """An in-memory source of stored ``flatten`` float32 rows, recording the rows read."""
 
     def __init__(self, arrays, indices=None, reduction="flatten"):
-        self.arrays = arrays
-        self.layers = list(arrays)
         n = len(next(iter(arrays.values())))
-        self.indices = np.arange(n, dtype=np.int64) if indices is None else indices
-        self.reduction = reduction
+        super().__init__({k: v.astype(np.float32) for k, v in arrays.items()},
+                         indices=np.arange(n, dtype=np.int64) if indices is None else indices,
+                         reduction=reduction)
         self.rows_read = []
 
-    def read(self, layer, reduction, rows=None):
-        assert reduction == self.reduction
+    def read(self, layer, reduction=None, rows=None):
         self.rows_read.append(rows)
-        x = self.arrays[layer]
-        return (x if rows is None else x[rows]).astype(np.float32)
+        return super().read(layer, reduction, rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,651 @@
+"""Centred kernel alignment (CKA) between the layers of two networks.
+
+Estimators (``X`` is (n, p₁), ``Y`` is (n, p₂), rows are the same n inputs in the same order):
+
+* **full, biased** (Kornblith et al. 2019): CKA = ⟨Kc, Lc⟩ / (‖Kc‖_F ‖Lc‖_F) with Kc, Lc the
+  centred Gram matrices. For the linear kernel this equals ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on
+  centred features, which is what is computed when every p < n (the *feature form*).
+* **full, debiased**: the same ratio with the unbiased HSIC₁ of Song et al. (2012) in the
+  numerator and both denominators.
+* **minibatch** (Nguyen, Raghu & Kornblith 2021): ΣHSIC₁(K_b, L_b) / √(ΣHSIC₁(K_b, K_b) ·
+  ΣHSIC₁(L_b, L_b)) over minibatches b, linear kernel. It is a different estimator from full CKA
+  (it is consistent for the same population quantity as debiased CKA); with one batch it equals
+  full debiased linear CKA. Memory is bounded by the batch, not by n.
+
+All arithmetic is float64 (inputs are converted up front) and features are centred before any
+Gram matrix is formed, so float32 activations with a large common offset lose no digits. Nothing
+is clamped and no ε is added: a constant layer gives NaN and a
+:class:`ConstantRepresentationWarning` naming it; debiased estimates can be negative.
+
+Pairwise terms for all layer pairs come from one GEMM: over the flattened n×n Grams when some
+layer has p ≥ n, otherwise over the centred features side by side.
+
+The full estimators are the registered measures ``"linear_cka"`` (:class:`LinearCKA`) and
+``"rbf_cka"`` (:class:`RBFCKA`) of :func:`repsim.similarity_matrix`; :func:`cka_matrix` is the
+CKA entry point that also offers the minibatch estimator.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from repsim.budget import check_budget, largest_fitting
+from repsim.measures.base import Comparison, Measure, register
+from repsim.measures.matrix import compute, result_of
+from repsim.measures.pairing import as_float64, check_layer_list, pair_sources
+from repsim.measures.result import SimilarityResult
+
+__all__ = [
+    "CKAResult",
+    "ConstantRepresentationWarning",
+    "LinearCKA",
+    "MinibatchCKA",
+    "RBFCKA",
+    "centre_gram",
+    "cka_matrix",
+    "hsic_unbiased",
+    "linear_cka",
+    "minibatch_batch_size",
+    "minibatch_memory",
+    "rbf_cka",
+]
+
+Kernel = Literal["linear", "rbf"]
+ArrayLike = Any  # numpy.ndarray | torch.Tensor of shape (n, p)
+
+
+class ConstantRepresentationWarning(RuntimeWarning):
+    """A representation is degenerate (e.g. constant across inputs), so its CKA is NaN."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Public single-pair measures
+# ---------------------------------------------------------------------------------------------
+
+
+def linear_cka(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    debiased: bool = False,
+    form: Literal["auto", "features", "gram"] = "auto",
+    device: str | torch.device = "cpu",
+) -> float:
+    """Linear CKA of x (n, p₁) and y (n, p₂), rows paired; a similarity in [0, 1] (debiased: may
+    be slightly negative).
+
+    ``form="features"`` computes ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on centred features,
+    ``form="gram"`` the same via n×n Gram matrices; ``"auto"`` picks features when p₁, p₂ < n.
+    """
+    return _single_pair(x, y, kernel="linear", threshold=None, debiased=debiased, form=form,
+                        device=device)
+
+
+def rbf_cka(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    threshold: float = 1.0,
+    debiased: bool = False,
+    device: str | torch.device = "cpu",
+) -> float:
+    """RBF-kernel CKA of x (n, p₁) and y (n, p₂), rows paired.
+
+    k(xᵢ, xⱼ) = exp(−‖xᵢ−xⱼ‖² / (2σ²)) with σ² = threshold² · median of the n×n squared
+    distances (diagonal included, as in Kornblith et al.'s code), chosen per representation.
+    """
+    return _single_pair(x, y, kernel="rbf", threshold=threshold, debiased=debiased, form="gram",
+                        device=device)
+
+
+def hsic_unbiased(k: ArrayLike, l: ArrayLike) -> float:  # noqa: E741 (the paper's name)
+    """Unbiased HSIC₁ (Song et al. 2012) of two symmetric Gram matrices k, l of shape (n, n).
+
+    With K̃, L̃ the Grams with zero diagonal:
+    HSIC₁ = [tr(K̃L̃) + (1ᵀK̃1)(1ᵀL̃1)/((n−1)(n−2)) − 2/(n−2)·1ᵀK̃L̃1] / (n(n−3)).
+    Needs n ≥ 4; can be negative.
+    """
+    kt = as_float64(k, "k", "cpu")
+    lt = as_float64(l, "l", "cpu")
+    n = _check_grams(kt, lt)
+    kt = kt.clone().fill_diagonal_(0)
+    lt = lt.clone().fill_diagonal_(0)
+    return float(_hsic1(trace_kl=(kt * lt.T).sum(), sum_k=kt.sum(), sum_l=lt.sum(),
+                        ones_kl_ones=kt.sum(0) @ lt.sum(1), n=n))
+
+
+def centre_gram(k: ArrayLike) -> torch.Tensor:
+    """H K H for H = I − 11ᵀ/n, in O(n²) with row and column means: (n, n) → (n, n) float64."""
+    return _centre_gram(as_float64(k, "k", k.device if isinstance(k, torch.Tensor) else "cpu"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming minibatch accumulator
+# ---------------------------------------------------------------------------------------------
+
+
+class MinibatchCKA:
+    """Minibatch linear CKA (Nguyen, Raghu & Kornblith 2021) for all pairs of two layer lists.
+
+    Each :meth:`update` takes one batch of activations of both networks on the same b inputs
+    (b ≥ 4) and adds, in float64, HSIC₁(K, L) for every layer pair and HSIC₁(K, K), HSIC₁(L, L)
+    for every layer; only that batch is held. :meth:`compute` returns the (La, Lb) matrix
+    ΣHSIC₁(K, L) / √(ΣHSIC₁(K, K) · ΣHSIC₁(L, L)). The value depends on how rows are split
+    into batches: seed the input order and record the batch size.
+
+    Fitted attributes: ``hsic_ab_`` (La, Lb), ``hsic_aa_`` (La,), ``hsic_bb_`` (Lb,) sums;
+    ``n_seen_`` rows and ``n_batches_`` batches so far.
+    """
+
+    def __init__(self, layers_a: Sequence[str], layers_b: Sequence[str], *,
+                 device: str | torch.device = "cpu"):
+        self.layers_a = check_layer_list(layers_a, "layers_a")
+        self.layers_b = check_layer_list(layers_b, "layers_b")
+        self.device = torch.device(device)
+        zeros = dict(dtype=torch.float64, device=self.device)
+        self.hsic_ab_ = torch.zeros(len(self.layers_a), len(self.layers_b), **zeros)
+        self.hsic_aa_ = torch.zeros(len(self.layers_a), **zeros)
+        self.hsic_bb_ = torch.zeros(len(self.layers_b), **zeros)
+        self.n_seen_ = 0
+        self.n_batches_ = 0
+
+    def update(self, batch_a: Mapping[str, ArrayLike], batch_b: Mapping[str, ArrayLike]) -> None:
+        """Add one batch: ``batch_a[name]`` is (b, p) for every name in ``layers_a``, likewise b."""
+        b = _check_batches(batch_a, self.layers_a, batch_b, self.layers_b)
+        feature_form = _prefer_features([_width(batch_a[m]) for m in self.layers_a] +
+                                        [_width(batch_b[m]) for m in self.layers_b], b)
+        ab, aa, bb = _hsic_terms(self._kernelise(batch_a, self.layers_a, "a", feature_form),
+                                 self._kernelise(batch_b, self.layers_b, "b", feature_form),
+                                 b, debiased=True)
+        self.hsic_ab_ += ab
+        self.hsic_aa_ += aa
+        self.hsic_bb_ += bb
+        self.n_seen_ += b
+        self.n_batches_ += 1
+
+    def _kernelise(self, batch: Mapping[str, ArrayLike], layers: tuple[str, ...], side: str,
+                   feature_form: bool) -> _Kernelised:
+        xs = (as_float64(batch[m], f"batch_{side}[{m!r}]", self.device) for m in layers)
+        return _kernelise(xs, len(layers), len(batch[layers[0]]), kernel="linear",
+                          threshold=None, debiased=True, feature_form=feature_form,
+                          device=self.device)
+
+    def compute(self) -> np.ndarray:
+        """(La, Lb) float64 minibatch CKA; rows follow ``layers_a``, columns ``layers_b``."""
+        if self.n_batches_ == 0:
+            raise RuntimeError("MinibatchCKA.compute() called before any update(); "
+                               "pass at least one batch of activations to update() first")
+        for side, layers, sums in (("a", self.layers_a, self.hsic_aa_),
+                                   ("b", self.layers_b, self.hsic_bb_)):
+            for name in np.asarray(layers, dtype=object)[(sums == 0).cpu().numpy()]:
+                _warn_constant(f"layer {name!r} of {side}", "is constant within every batch")
+        return _ratio(self.hsic_ab_, self.hsic_aa_, self.hsic_bb_).cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer-by-layer matrix
+# ---------------------------------------------------------------------------------------------
+
+
+class CKAResult(SimilarityResult):
+    """A CKA map: a :class:`SimilarityResult` whose ``settings`` are the CKA estimator's.
+
+    ``estimator`` "full" or "minibatch"; ``kernel`` "linear" or "rbf"; ``debiased``;
+    ``batch_size`` None for "full"; ``threshold`` the RBF bandwidth factor (None for the
+    linear kernel); ``reduction`` how activation-file layers were reduced to (n, p) (None when
+    both inputs were dicts).
+    """
+
+    estimator = property(lambda self: self.settings["estimator"])
+    kernel = property(lambda self: self.settings["kernel"])
+    debiased = property(lambda self: self.settings["debiased"])
+    batch_size = property(lambda self: self.settings["batch_size"])
+    threshold = property(lambda self: self.settings["threshold"])
+
+    @classmethod
+    def of(cls, result: SimilarityResult) -> CKAResult:
+        return cls(**{f.name: getattr(result, f.name) for f in fields(result)})
+
+
+class _CKA(Measure):
+    """Full-batch CKA as a registered measure; subclasses fix the kernel."""
+
+    kernel: ClassVar[Kernel]
+    direction = "similarity"
+    value_range = (0.0, 1.0)  # debiased estimates can fall slightly below 0
+    identical = 1.0
+    description = "CKA similarity (1 = same up to rotation and scale; not a distance)"
+
+    def __init__(self, *, debiased: bool = False, threshold: float | None = None,
+                 form: Literal["auto", "features", "gram"] = "auto"):
+        _check_form(form)
+        self.debiased, self.threshold, self.form = bool(debiased), threshold, form
+
+    def settings(self) -> dict[str, Any]:
+        return {"estimator": "full", "kernel": self.kernel, "debiased": self.debiased,
+                "batch_size": None, "threshold": self.threshold}
+
+    def check(self, comparison: Comparison) -> None:
+        _check_settings(kernel=self.kernel, threshold=self.threshold, debiased=self.debiased,
+                        n=comparison.n, batch_size=None)
+
+    def prepare(self, layers: Iterable[torch.Tensor], names: Sequence[str],
+                comparison: Comparison) -> _Kernelised:
+        """Each layer's Gram matrix (or centred features) and sums, computed once."""
+        feature_form = self.form == "features" or (
+            self.form == "auto" and self.kernel == "linear"
+            and _prefer_features([*comparison.widths_a, *comparison.widths_b], comparison.n))
+        side = _kernelise(layers, len(names), comparison.n, kernel=self.kernel,
+                          threshold=self.threshold, debiased=self.debiased,
+                          feature_form=feature_form, device=comparison.device)
+        for name in np.asarray(names, dtype=object)[side.degenerate.cpu().numpy()]:
+            _warn_constant(name, "is constant across all rows (zero variance)" if self.kernel ==
+                           "linear" else "has median squared distance 0 between its rows (e.g. "
+                           "it is constant), so its RBF bandwidth is 0")
+        return side
+
+    def compare(self, a: _Kernelised, b: _Kernelised, comparison: Comparison) -> torch.Tensor:
+        return _ratio(*_hsic_terms(a, b, comparison.n, debiased=self.debiased))
+
+
+@register
+class LinearCKA(_CKA):
+    """Linear CKA (Kornblith et al. 2019): ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on centred features,
+    or the Gram form; ``debiased`` uses Song et al.'s HSIC₁. ``form`` as in :func:`linear_cka`."""
+
+    name = "linear_cka"
+    label = "linear CKA"
+    kernel = "linear"
+
+    def __init__(self, *, debiased: bool = False,
+                 form: Literal["auto", "features", "gram"] = "auto"):
+        super().__init__(debiased=debiased, form=form)
+
+
+@register
+class RBFCKA(_CKA):
+    """RBF-kernel CKA with σ² = threshold² · median squared distance (see :func:`rbf_cka`)."""
+
+    name = "rbf_cka"
+    label = "RBF CKA"
+    kernel = "rbf"
+
+    def __init__(self, *, threshold: float = 1.0, debiased: bool = False):
+        super().__init__(debiased=debiased, threshold=threshold, form="gram")
+
+
+def cka_matrix(
+    a: Mapping[str, ArrayLike] | Any,
+    b: Mapping[str, ArrayLike] | Any,
+    *,
+    kernel: Kernel = "linear",
+    debiased: bool = False,
+    batch_size: int | None = None,
+    threshold: float = 1.0,
+    reduction: str | None = None,
+    layers_a: Sequence[str] | None = None,
+    layers_b: Sequence[str] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    max_memory: int | None = None,
+) -> CKAResult:
+    """CKA between every layer of a and every layer of b.
+
+    ``a``, ``b``: activation sources (:class:`repsim.store.ActivationFile`,
+    :class:`repsim.sources.ActivationSet`) read at ``reduction`` (default "flatten"), or dicts
+    name → (n, p) array/tensor. Both must hold the same n inputs (and, where known, the same
+    dataset indices in the same order).
+
+    ``batch_size=None``: the full estimator (linear or RBF, biased or debiased; the
+    :class:`LinearCKA` / :class:`RBFCKA` measures of :func:`repsim.similarity_matrix`), each
+    layer's Gram matrix (or centred features) computed once, all pairs in one GEMM; needs
+    (La + Lb)·n²·8 bytes when some layer has p ≥ n. ``batch_size=B``: the minibatch estimator of
+    Nguyen et al. (2021), which is HSIC₁-based (so ``debiased`` is recorded as True), linear
+    kernel only, reading B rows of each side at a time in stored order, so activation files
+    larger than memory stream through in row blocks. ``max_memory`` (bytes, instead of
+    ``batch_size``): the minibatch estimator with the largest B whose working memory
+    :func:`minibatch_memory` fits in it (the result records B).
+    ``progress=True`` shows a tqdm bar over layers (full) or batches (minibatch).
+    """
+    pairing = pair_sources(a, b, reduction=reduction, layers_a=layers_a, layers_b=layers_b)
+    n = pairing.n
+    if max_memory is not None:
+        if batch_size is not None:
+            raise ValueError(f"pass batch_size ({batch_size}) or max_memory ({max_memory}), not "
+                             f"both: max_memory picks the batch size")
+        batch_size = minibatch_batch_size(*pairing.widths(), n, max_memory)
+    minibatch = batch_size is not None
+    _check_settings(kernel=kernel, threshold=threshold, debiased=debiased or minibatch, n=n,
+                    batch_size=batch_size)
+    if not minibatch:
+        measure = (LinearCKA(debiased=debiased) if kernel == "linear"
+                   else RBFCKA(threshold=threshold, debiased=debiased))
+        return CKAResult.of(compute(measure, pairing, device=device, progress=progress))
+    acc = MinibatchCKA(pairing.layers_a, pairing.layers_b, device=device)
+    for start in tqdm(range(0, n, batch_size), desc="CKA batches", disable=not progress):
+        rows = slice(start, min(start + batch_size, n))
+        acc.update({m: pairing.a.read(m, rows) for m in pairing.layers_a},
+                   {m: pairing.b.read(m, rows) for m in pairing.layers_b})
+    settings = {"estimator": "minibatch", "kernel": "linear", "debiased": True,
+                "batch_size": batch_size, "threshold": None}
+    return CKAResult.of(result_of(LinearCKA(debiased=True), pairing, acc.compute(), settings))
+
+
+def minibatch_memory(widths_a: Sequence[int], widths_b: Sequence[int], batch_size: int) -> int:
+    """Bytes the minibatch estimator holds at once with batch size B (a generous estimate).
+
+    widths_a, widths_b: the feature count p of each layer of a and of b (Pa, Pb their sums,
+    La, Lb their counts, p_max the widest). One update holds the B rows of every layer of
+    both sides as read (float32, 4·B·(Pa + Pb)), one layer at a time converted to float64 and
+    centred (17·B·p_max), and the kernelised sides: in Gram form (some p ≥ B) the (B, B)
+    float64 Grams of every layer plus one being formed, 8·B²·(La + Lb + 1); in feature form
+    (every p < B) the centred features, 16·B·(Pa + Pb), and their (Pa, Pb) cross product
+    squared, 16·Pa·Pb. Not counted: the interpreter and libraries, and HDF5's chunk cache
+    (up to 1 MiB per dataset being read).
+    """
+    pa, pb = sum(widths_a), sum(widths_b)
+    p_max = max([*widths_a, *widths_b])
+    b = int(batch_size)
+    read = 4 * b * (pa + pb) + 17 * b * p_max
+    if _prefer_features([*widths_a, *widths_b], b):
+        return read + 16 * b * (pa + pb) + 16 * pa * pb
+    return read + 8 * b * b * (len(widths_a) + len(widths_b) + 1)
+
+
+def minibatch_batch_size(widths_a: Sequence[int], widths_b: Sequence[int], n: int,
+                         max_memory: int) -> int:
+    """The largest batch size B ≤ n whose :func:`minibatch_memory` fits in ``max_memory`` bytes
+    and whose last batch is empty or has ≥ 4 rows (HSIC₁'s minimum)."""
+    max_memory = check_budget(max_memory)
+    need = minibatch_memory(widths_a, widths_b, 4)
+    if need > max_memory:
+        raise ValueError(
+            f"max_memory={max_memory / 2**20:.1f} MiB cannot hold even a batch of 4 rows, "
+            f"which needs {need / 2**20:.1f} MiB for {len(widths_a)} + {len(widths_b)} layers "
+            f"of {sum(widths_a):,} + {sum(widths_b):,} features; allow more memory, select "
+            f"fewer layers, or use a smaller reduction (gap or pool<k>)")
+    if n < 4:
+        raise ValueError(f"the minibatch estimator needs at least 4 rows, got n={n}")
+    p_max = max([*widths_a, *widths_b])
+    # The rule grows with B in each form but jumps where it switches from Grams (B ≤ p_max) to
+    # features (B > p_max), up or down: search each form's range, the larger Bs first.
+    for low, high in ((max(4, p_max + 1), n), (4, min(p_max, n))):
+        b = largest_fitting(lambda rows: minibatch_memory(widths_a, widths_b, rows), max_memory,
+                            low, high)
+        while b >= low:  # smaller Bs of the same form fit too
+            if n % b == 0 or n % b >= 4:
+                return b
+            b -= 1
+    raise ValueError(f"no batch size from 4 to {n} both fits max_memory="
+                     f"{max_memory / 2**20:.1f} MiB and leaves a last batch of 0 or >= 4 of the "
+                     f"n={n} rows; allow a little more memory or use batch_size=")
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernelisation and pairwise terms
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Kernelised:
+    """The L layers of one side reduced to what pairwise CKA terms need (K_l: layer l's stored
+    Gram; for the biased estimator it is centred, for the debiased one its diagonal is zeroed).
+
+    grams: (L, n, n) the K_l, or None in feature form
+    features: (n, Σ p_l) centred features side by side, K_l = X_l X_lᵀ (feature form), or None
+    widths: p_l of each block of ``features``
+    diag: (L, n) diagonals of K_l
+    rowsum: (L, n) K_l · 1
+    self_inner: (L,) ⟨K_l, K_l⟩_F
+    degenerate: (L,) bool, K_l is undefined or zero: the layer is constant across rows
+        (RBF: the median squared distance is 0, so the bandwidth is 0)
+    """
+
+    grams: torch.Tensor | None
+    features: torch.Tensor | None
+    widths: tuple[int, ...]
+    diag: torch.Tensor
+    rowsum: torch.Tensor
+    self_inner: torch.Tensor
+    degenerate: torch.Tensor
+
+
+def _single_pair(x, y, *, kernel, threshold, debiased, form, device) -> float:
+    device = torch.device(device)
+    xt = as_float64(x, "x", device)
+    yt = as_float64(y, "y", device)
+    n = _check_pair(xt, yt)
+    measure = (LinearCKA(debiased=debiased, form=form) if kernel == "linear"
+               else RBFCKA(threshold=threshold, debiased=debiased))
+    comparison = Comparison(n=n, widths_a=(xt.shape[1],), widths_b=(yt.shape[1],),
+                            labels=None, device=device)
+    measure.check(comparison)
+    sides = [measure.prepare(iter([t]), [name], comparison) for t, name in ((xt, "x"), (yt, "y"))]
+    return float(measure.compare(*sides, comparison)[0, 0])
+
+
+def _kernelise(xs: Iterable[torch.Tensor], count: int, n: int, *, kernel: Kernel,
+               threshold: float | None, debiased: bool, feature_form: bool,
+               device: torch.device) -> _Kernelised:
+    """Centre each (n, p) float64 layer of ``xs`` and keep its Gram (or features) and sums."""
+    f64 = dict(dtype=torch.float64, device=device)
+    grams = None if feature_form else torch.empty(count, n, n, **f64)
+    blocks, widths = [], []
+    diag = torch.empty(count, n, **f64)
+    rowsum = torch.empty(count, n, **f64)
+    self_inner = torch.empty(count, **f64)
+    degenerate = torch.empty(count, dtype=torch.bool, device=device)
+    for i, x in enumerate(xs):
+        xc, degenerate[i] = _centre(x)
+        del x  # hold one copy of the layer, not two, while the next one is read
+        if feature_form:
+            blocks.append(xc)
+            widths.append(xc.shape[1])
+            diag[i] = xc.square().sum(1)
+            rowsum[i] = xc @ xc.sum(0)
+            # ‖XᵀX‖_F = ‖XXᵀ‖_F: use the smaller of the two Grams
+            self_inner[i] = _gram(xc.T if xc.shape[1] <= n else xc).square().sum()
+            continue
+        k = _gram(xc)
+        del xc
+        if kernel == "rbf":
+            d2 = _sq_distances(k)
+            median = _median(d2)  # Kornblith's bandwidth: over all n² entries, diagonal included
+            degenerate[i] = median == 0
+            k = torch.exp(d2 / (-2 * threshold**2 * median))
+        # HSIC₁ centres implicitly and needs a zero diagonal; the biased estimator needs H K H
+        k = k.fill_diagonal_(0) if debiased else _centre_gram(k)
+        grams[i] = k
+        diag[i] = k.diagonal()
+        rowsum[i] = k.sum(1)
+        self_inner[i] = torch.dot(k.flatten(), k.flatten())
+    return _Kernelised(grams=grams, features=torch.cat(blocks, 1) if feature_form else None,
+                       widths=tuple(widths), diag=diag, rowsum=rowsum, self_inner=self_inner,
+                       degenerate=degenerate)
+
+
+def _hsic_terms(a: _Kernelised, b: _Kernelised, n: int, *, debiased: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(La, Lb) HSIC(K_a, L_b) and the (La,), (Lb,) self terms HSIC(K, K), HSIC(L, L).
+
+    Biased: ⟨Kc, Lc⟩ (HSIC₀ times (n−1)², the factor cancels in CKA). Debiased: HSIC₁ with
+    tr(K̃L̃) from the one GEMM, 1ᵀK̃1 from sums and 1ᵀK̃L̃1 = (K̃1)·(L̃1).
+    """
+    cross = _cross_inner(a, b)
+    if not debiased:
+        return cross, a.self_inner, b.self_inner
+    ra, rb = a.rowsum - a.diag, b.rowsum - b.diag  # K̃1, L̃1
+    sa, sb = ra.sum(1), rb.sum(1)
+    ab = _hsic1(trace_kl=cross - a.diag @ b.diag.T, sum_k=sa[:, None], sum_l=sb[None, :],
+                ones_kl_ones=ra @ rb.T, n=n)
+    aa = _hsic1(trace_kl=a.self_inner - a.diag.square().sum(1), sum_k=sa, sum_l=sa,
+                ones_kl_ones=ra.square().sum(1), n=n)
+    bb = _hsic1(trace_kl=b.self_inner - b.diag.square().sum(1), sum_k=sb, sum_l=sb,
+                ones_kl_ones=rb.square().sum(1), n=n)
+    return ab, aa, bb
+
+
+def _cross_inner(a: _Kernelised, b: _Kernelised) -> torch.Tensor:
+    """(La, Lb) ⟨K_a, L_b⟩_F for all pairs in one GEMM."""
+    if a.grams is not None:
+        return a.grams.flatten(1) @ b.grams.flatten(1).T
+    # ⟨XXᵀ, YYᵀ⟩ = ‖YᵀX‖²_F: square the (Σpa, Σpb) product, then sum its (pa, pb) blocks
+    sq = (a.features.T @ b.features).square()
+    per_row = torch.zeros(len(a.widths), sq.shape[1], dtype=sq.dtype, device=sq.device)
+    per_row.index_add_(0, _segment_ids(a.widths, sq.device), sq)
+    out = torch.zeros(len(a.widths), len(b.widths), dtype=sq.dtype, device=sq.device)
+    return out.index_add_(1, _segment_ids(b.widths, sq.device), per_row)
+
+
+def _segment_ids(widths: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(Σ widths,) block number of every column: (2, 3) → [0, 0, 1, 1, 1]."""
+    return torch.repeat_interleave(torch.arange(len(widths), device=device),
+                                   torch.tensor(widths, device=device))
+
+
+def _hsic1(*, trace_kl, sum_k, sum_l, ones_kl_ones, n: int):
+    """Song et al.'s HSIC₁ from tr(K̃L̃), 1ᵀK̃1, 1ᵀL̃1 and 1ᵀK̃L̃1 (elementwise, broadcasting)."""
+    return (trace_kl + sum_k * sum_l / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * ones_kl_ones) / (n * (n - 3))
+
+
+def _ratio(num: torch.Tensor, den_a: torch.Tensor, den_b: torch.Tensor) -> torch.Tensor:
+    """(La, Lb) num / √(den_a ⊗ den_b); 0/0 stays NaN."""
+    return num / torch.sqrt(den_a[:, None] * den_b[None, :])
+
+
+def _centre(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(n, p) → (n, p) with zero column means, and whether every column is constant."""
+    constant = (x == x[:1]).all(0, keepdim=True)
+    # the mean of equal floats can be off by an ulp; a constant column must centre to exactly 0
+    # so that a constant layer gives 0/0 = NaN rather than noise
+    mean = torch.where(constant, x[:1], x.mean(0, keepdim=True))
+    return x - mean, bool(constant.all())
+
+
+def _centre_gram(k: torch.Tensor) -> torch.Tensor:
+    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """(n, p) → (n, n) X Xᵀ."""
+    if x.device.type == "cpu":
+        # NumPy sends X @ X.T to BLAS SYRK (half the FLOPs); torch runs a full GEMM
+        xn = x.numpy()
+        return torch.from_numpy(xn @ xn.T)
+    return x @ x.T
+
+
+def _sq_distances(g: torch.Tensor) -> torch.Tensor:
+    """(n, n) Gram X Xᵀ → (n, n) squared distances ‖xᵢ − xⱼ‖² (exactly 0 on the diagonal)."""
+    sq = g.diagonal()
+    return sq[:, None] + sq[None, :] - 2 * g
+
+
+def _median(t: torch.Tensor) -> torch.Tensor:
+    """NumPy's median (mean of the two middle values for an even count) of all entries."""
+    flat = t.flatten()
+    m = flat.numel()
+    return (torch.kthvalue(flat, (m + 1) // 2).values + torch.kthvalue(flat, m // 2 + 1).values) / 2
+
+
+def _prefer_features(widths: list[int], n: int) -> bool:
+    """Feature form is cheaper than n×n Grams when every layer has fewer features than rows."""
+    return max(widths) < n
+
+
+def _warn_constant(label: str, what: str) -> None:
+    warnings.warn(f"{label} {what}: its CKA values are NaN", ConstantRepresentationWarning,
+                  stacklevel=3)
+
+
+def _width(x: ArrayLike) -> int:
+    return x.shape[1] if len(x.shape) == 2 else -1  # -1: wrong rank, rejected on conversion
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks (every error says what was wrong and how to fix it)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor) -> int:
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows and y has {y.shape[0]}; CKA compares the "
+                         f"same inputs, so row i of x and of y must come from input i")
+    return x.shape[0]
+
+
+def _check_form(form: str) -> None:
+    if form not in ("auto", "features", "gram"):
+        raise ValueError(f"form must be 'auto', 'features' or 'gram', got {form!r}")
+
+
+def _check_grams(k: torch.Tensor, l: torch.Tensor) -> int:  # noqa: E741
+    if k.shape[0] != k.shape[1] or k.shape != l.shape:
+        raise ValueError(f"k and l must be square Gram matrices of the same shape (n, n), got "
+                         f"{tuple(k.shape)} and {tuple(l.shape)}")
+    if k.shape[0] < 4:
+        raise ValueError(f"unbiased HSIC needs n >= 4 rows (it divides by n−3), got n="
+                         f"{k.shape[0]}; use more inputs")
+    return k.shape[0]
+
+
+def _check_settings(*, kernel: str, threshold: float | None, debiased: bool, n: int,
+                    batch_size: int | None) -> None:
+    if kernel not in ("linear", "rbf"):
+        raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
+    if kernel == "rbf" and not (isinstance(threshold, (int, float)) and 0 < threshold < math.inf):
+        raise ValueError(f"threshold must be a positive finite number (the RBF bandwidth as a "
+                         f"fraction of the median distance), got {threshold!r}")
+    min_rows = 4 if debiased else 2
+    if n < min_rows:
+        raise ValueError(f"{'debiased' if debiased else 'biased'} CKA needs at least {min_rows} "
+                         f"rows, got n={n}; use more inputs")
+    if batch_size is not None:
+        if kernel != "linear":
+            raise ValueError(f"the minibatch estimator (batch_size={batch_size}) supports only "
+                             f"kernel='linear', got {kernel!r}; use batch_size=None for RBF")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 4:
+            raise ValueError(f"batch_size must be an integer >= 4 (HSIC₁ needs 4 rows per "
+                             f"batch), got {batch_size!r}")
+        last = n % batch_size
+        if 0 < last < 4:
+            raise ValueError(
+                f"n={n} rows in batches of {batch_size} leave a last batch of {last} rows, but "
+                f"HSIC₁ needs >= 4; choose a batch_size whose remainder is 0 or >= 4, e.g. "
+                f"{_nearest_batch_size(n, batch_size)}")
+
+
+def _nearest_batch_size(n: int, batch_size: int) -> int:
+    """The batch size nearest ``batch_size`` whose last batch is empty or has >= 4 rows."""
+    candidates = (s for d in range(1, n) for s in (batch_size - d, batch_size + d) if s >= 4)
+    return next(s for s in candidates if n % s == 0 or n % s >= 4)
+
+
+def _check_batches(batch_a: Mapping[str, ArrayLike], layers_a: tuple[str, ...],
+                   batch_b: Mapping[str, ArrayLike], layers_b: tuple[str, ...]) -> int:
+    """Rows b of one update: both sides, all layers, the same b >= 4."""
+    rows = {}
+    for side, batch, layers in (("a", batch_a, layers_a), ("b", batch_b, layers_b)):
+        missing = [m for m in layers if m not in batch]
+        if missing:
+            raise ValueError(f"batch_{side} lacks layers {missing}; it has {list(batch)}")
+        for m in layers:
+            rows[f"batch_{side}[{m!r}]"] = len(batch[m])
+    counts = set(rows.values())
+    if len(counts) > 1:
+        raise ValueError(f"all layers of both sides must have the same rows in a batch (the same "
+                         f"inputs), got {rows}")
+    b = counts.pop()
+    if b < 4:
+        raise ValueError(f"a batch has {b} rows but HSIC₁ needs at least 4; use larger batches")
+    return b
