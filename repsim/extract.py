@@ -4,9 +4,11 @@
 ...         reductions=("flatten", "gap"), meta={"dataset": "cifar10", "split": "test"})
 ...                                                                     # doctest: +SKIP
 
-``batches`` yields ``(inputs, labels, dataset_indices)``; rows are written batch by batch, so
-the split is never held in memory. The layout is described in :mod:`repsim.store`, which
-reads the files back. On NFS and some cluster file systems set
+``batches`` yields ``(inputs, labels, dataset_indices)``; each batch's reduced outputs go, as
+numpy arrays, to :class:`repsim.store.ActivationWriter`, so the split is never held in memory.
+This module is about the model (reductions, argument checks, hooks, batches); the file
+format (layout, writer and reader :class:`repsim.store.ActivationFile`) is in
+:mod:`repsim.store`. On NFS and some cluster file systems set
 ``HDF5_USE_FILE_LOCKING=FALSE`` in the environment, or HDF5 fails to lock the file.
 """
 
@@ -14,29 +16,19 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import os
-import platform
 import re
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-import repsim
-from repsim.store import FORMAT, FORMAT_VERSION, layer_group, rows_per_chunk
-
-COMPRESSIONS = ("lzf", "gzip", None)
-INDEX_CHUNK_ROWS = 2**17  # int64 rows in a 1 MiB chunk of /data/index and /data/label
-MAX_META_BYTES = 32 * 2**10  # HDF5 attributes above ~64 KiB fail; stay well below
+from repsim.store import ActivationFileError, ActivationWriter, check_compression, check_meta
 
 
 class ExtractError(ValueError):
@@ -129,8 +121,8 @@ def check_settings(model: nn.Module, layers: Sequence[str], reductions: Sequence
             f"reductions must be a non-empty list, got {reductions!r}; e.g. ('flatten', 'gap')"
         )
     _check_unique(reductions, "reductions")
-    if compression not in COMPRESSIONS:
-        raise ExtractError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
+    with _as_extract_error():
+        check_compression(compression)
     training = [name or "<root>" for name, m in model.named_modules() if m.training]
     if training:
         raise ExtractError(
@@ -145,8 +137,20 @@ def check_settings(model: nn.Module, layers: Sequence[str], reductions: Sequence
             f"model parameters are on {param.device} but device={str(device)!r}; "
             f"call model.to({str(device)!r}) or pass device={str(param.device)!r}"
         )
+    with _as_extract_error():
+        meta = check_meta(meta)
     return ExtractSettings(tuple(layers), tuple(parse_reduction(r) for r in reductions),
-                           compression, device, _check_meta(meta or {}))
+                           compression, device, meta)
+
+
+@contextlib.contextmanager
+def _as_extract_error() -> Iterator[None]:
+    """Report a refusal of the file format (:mod:`repsim.store`) as an ExtractError, with
+    the same message."""
+    try:
+        yield
+    except ActivationFileError as err:
+        raise ExtractError(str(err)) from None
 
 
 def _check_unique(names: Sequence[str], what: str) -> None:
@@ -166,27 +170,6 @@ def _unknown_layer_message(name: str, known: list[str], wrapped: bool) -> str:
 
 def _same_device(actual: torch.device, wanted: torch.device) -> bool:
     return actual.type == wanted.type and wanted.index in (None, actual.index)
-
-
-def _check_meta(meta: dict) -> dict:
-    if not isinstance(meta, dict):
-        raise ExtractError(f"meta must be a dict, got {type(meta).__name__}")
-    for key, value in meta.items():
-        if not isinstance(key, str):
-            raise ExtractError(f"meta keys must be strings, got {key!r}")
-        try:
-            encoded = json.dumps(value)
-        except TypeError as err:
-            raise ExtractError(
-                f"meta[{key!r}] is not JSON-serialisable ({err}); convert it to "
-                "str/number/list/dict first"
-            ) from None
-        if len(encoded) > MAX_META_BYTES:
-            raise ExtractError(
-                f"meta[{key!r}] is {len(encoded)} bytes as JSON, over the "
-                f"{MAX_META_BYTES}-byte limit for HDF5 attributes; store a digest instead"
-            )
-    return dict(meta)
 
 
 class _Capture:
@@ -289,132 +272,6 @@ def check_batch(batch, position: int, last_index: int | None) -> tuple[torch.Ten
     return inputs, labels, indices
 
 
-class _RowAppender:
-    """Appends rows to a resizable (N, ...) dataset in whole chunks only.
-
-    A chunk written in parts would be compressed, read back and recompressed once per part
-    (slow), and the file would keep every stale copy; so rows wait here until they fill a
-    chunk, and :meth:`flush` writes the last, partial one.
-    """
-
-    def __init__(self, dataset: h5py.Dataset):
-        self.dataset = dataset
-        self.chunk_rows = dataset.chunks[0]
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
-
-    def append(self, values: np.ndarray) -> None:
-        self._pending.append(values)
-        self._pending_rows += len(values)
-        if self._pending_rows >= self.chunk_rows:
-            self._write(self._pending_rows // self.chunk_rows * self.chunk_rows)
-
-    def flush(self) -> None:
-        if self._pending_rows:
-            self._write(self._pending_rows)
-
-    def _write(self, n_rows: int) -> None:
-        block = np.concatenate(self._pending)
-        start = self.dataset.shape[0]
-        self.dataset.resize(start + n_rows, axis=0)
-        self.dataset[start:start + n_rows] = block[:n_rows]
-        rest = block[n_rows:]
-        self._pending, self._pending_rows = ([rest] if len(rest) else []), len(rest)
-
-
-class _Writer:
-    """Appends each batch's rows to the datasets of an open HDF5 file, creating them at the
-    first batch (when D is known); :meth:`finish` writes what is still buffered."""
-
-    def __init__(self, h5: h5py.File, settings: ExtractSettings):
-        self.h5 = h5
-        self.settings = settings
-        self.n = 0
-        self._shapes: dict[str, tuple[int, ...]] = {}
-        self._appenders: dict[str, _RowAppender] = {}
-
-    def append(self, acts: dict[str, dict[str, np.ndarray]], shapes: dict[str, tuple[int, ...]],
-               labels: np.ndarray, indices: np.ndarray) -> None:
-        if self.n == 0:
-            self._create(acts, shapes)
-        for name in self.settings.layers:
-            if shapes[name] != self._shapes[name]:
-                raise ExtractError(
-                    f"layer {name!r} output shape changed from {self._shapes[name]} to "
-                    f"{shapes[name]} between batches; feed inputs of one size"
-                )
-        self._appenders["data/label"].append(labels)
-        self._appenders["data/index"].append(indices)
-        for k, name in enumerate(self.settings.layers):
-            for reduction, values in acts[name].items():
-                self._appenders[f"{layer_group(k, name)}/{reduction}"].append(values)
-        self.n += len(labels)
-
-    def finish(self) -> None:
-        for appender in self._appenders.values():
-            appender.flush()
-
-    def _create(self, acts: dict[str, dict[str, np.ndarray]],
-                shapes: dict[str, tuple[int, ...]]) -> None:
-        for path in ("data/label", "data/index"):
-            self._appenders[path] = _RowAppender(self.h5.create_dataset(
-                path, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(INDEX_CHUNK_ROWS,),
-                compression=self.settings.compression,
-            ))
-        for k, name in enumerate(self.settings.layers):
-            self._shapes[name] = shapes[name]
-            group = self.h5.create_group(layer_group(k, name))
-            group.attrs["module"] = name
-            group.attrs["original_shape"] = np.array(shapes[name], dtype=np.int64)
-            for reduction, values in acts[name].items():
-                d = values.shape[1]
-                dataset = group.create_dataset(
-                    reduction, shape=(0, d), maxshape=(None, d), dtype=np.float32,
-                    chunks=(rows_per_chunk(d), d), compression=self.settings.compression,
-                )
-                dataset.attrs.update(group.attrs)
-                dataset.attrs["reduction"] = reduction
-                self._appenders[dataset.name.lstrip("/")] = _RowAppender(dataset)
-
-
-def _header(settings: ExtractSettings) -> dict:
-    versions = {
-        "repsim": repsim.__version__, "torch": torch.__version__, "numpy": np.__version__,
-        "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
-        "python": platform.python_version(),
-    }
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "versions": json.dumps(versions),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "layers": json.dumps(settings.layers),
-        "reductions": json.dumps([r.name for r in settings.reductions]),
-        "compression": str(settings.compression), "complete": False,
-    }
-
-
-def _write(model: nn.Module, batches: Iterable, settings: ExtractSettings, path: Path,
-           progress: bool) -> None:
-    """Stream every batch's activations into a new HDF5 file at ``path``."""
-    with h5py.File(path, "w-") as h5, capture(model, settings.layers, settings.reductions) as cap:
-        h5.attrs.update(_header(settings))
-        h5.create_group("model").attrs.update({k: json.dumps(v) for k, v in settings.meta.items()})
-        writer = _Writer(h5, settings)
-        last_index = None
-        total = len(batches) if hasattr(batches, "__len__") else None
-        for position, batch in enumerate(tqdm(batches, total=total, disable=not progress,
-                                              desc=f"extract {path.name}", unit="batch")):
-            inputs, labels, indices = check_batch(batch, position, last_index)
-            with torch.inference_mode():
-                model(inputs.to(settings.device))
-            acts, shapes = cap.take(len(labels))
-            writer.append(acts, shapes, labels, indices)
-            last_index = int(indices[-1])
-        if writer.n == 0:
-            raise ExtractError("batches yielded no batch; nothing to extract")
-        writer.finish()
-        h5.attrs["complete"] = True
-
-
 def extract(model: nn.Module, batches: Iterable, layers: Sequence[str],
             out_path: str | os.PathLike, *, reductions: Sequence[str] = ("flatten",),
             meta: dict | None = None, compression: str | None = "lzf",
@@ -433,21 +290,31 @@ def extract(model: nn.Module, batches: Iterable, layers: Sequence[str],
         JSON attributes of ``/model``.
     compression: ``"lzf"`` (fast), ``"gzip"`` (smaller, slower) or None.
 
-    The file is written under a temporary name beside ``out_path`` and renamed only once
-    complete (replacing any older file); on any error the temporary file is removed and the
-    error propagates. Returns ``out_path`` as a Path. Set ``HDF5_USE_FILE_LOCKING=FALSE`` on
-    NFS. Read it with :class:`repsim.store.ActivationFile`.
+    The file is written by :class:`repsim.store.ActivationWriter`: under a temporary name
+    beside ``out_path``, renamed only once complete (replacing any older file); on any error
+    the temporary file is removed and the error propagates. Returns ``out_path`` as a Path.
+    Set ``HDF5_USE_FILE_LOCKING=FALSE`` on NFS. Read it with
+    :class:`repsim.store.ActivationFile`.
     """
     inner = unwrap(model)
     settings = check_settings(inner, layers, reductions, compression, device, meta,
                               wrapped=inner is not model)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.parent / f".{out_path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        _write(inner, batches, settings, tmp, progress)
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    total = len(batches) if hasattr(batches, "__len__") else None
+    with (_as_extract_error(),
+          ActivationWriter(out_path, settings.layers, [r.name for r in settings.reductions],
+                           meta=settings.meta, compression=settings.compression,
+                           versions={"torch": torch.__version__}) as writer,
+          capture(inner, settings.layers, settings.reductions) as cap):
+        last_index = None
+        for position, batch in enumerate(tqdm(batches, total=total, disable=not progress,
+                                              desc=f"extract {out_path.name}", unit="batch")):
+            inputs, labels, indices = check_batch(batch, position, last_index)
+            with torch.inference_mode():
+                inner(inputs.to(settings.device))
+            acts, shapes = cap.take(len(labels))
+            writer.append(acts, shapes, labels, indices)
+            last_index = int(indices[-1])
+        if writer.n == 0:
+            raise ExtractError("batches yielded no batch; nothing to extract")
     return out_path

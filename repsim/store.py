@@ -1,9 +1,10 @@
-"""Reading activation files written by :func:`repsim.extract.extract`.
+"""The activation file format: its layout, its writer and its reader.
 
-Layout of one file (one model, one dataset split, N rows in dataset order)::
+One file holds one model's activations on one dataset split, N rows in dataset order::
 
     /                                attrs: format, format_version, versions (json), created,
-                                            layers (json list), reductions (json list), complete
+                                            layers (json list), reductions (json list),
+                                            compression, complete
     /data/index                      (N,) int64  dataset index of each row, ascending
     /data/label                      (N,) int64
     /model                           attrs: one JSON string per provenance key (``meta``)
@@ -11,8 +12,11 @@ Layout of one file (one model, one dataset split, N rows in dataset order)::
     /layers/<k:02d>_<name>/<red>     (N, D) float32, row-block chunks of ~1 MiB,
                                             attrs: module, original_shape, reduction
 
-The file is written under a temporary name and renamed when complete, and ``complete`` is set
-last, so a reader that finds it can trust every dataset.
+:class:`ActivationWriter` writes a file batch by batch (:func:`repsim.extract.extract` feeds
+it from forward hooks): under a temporary name beside the target, renamed when complete, and
+``complete`` is set last, so a reader that finds the file can trust every dataset.
+:class:`ActivationFile` reads it back and refuses incomplete, damaged or foreign files. This
+module works on numpy arrays only; it does not import torch.
 
 On NFS and some cluster file systems HDF5's file locking fails ("unable to lock file");
 set the environment variable ``HDF5_USE_FILE_LOCKING=FALSE`` before opening the file.
@@ -23,14 +27,23 @@ itself, so it can be handed to DataLoader workers.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import platform
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+import repsim
+
 FORMAT = "repsim-activations"
 FORMAT_VERSION = 1
+COMPRESSIONS = ("lzf", "gzip", None)  # h5py filters; gzip at h5py's default level 4
+INDEX_CHUNK_ROWS = 2**17  # int64 rows in a 1 MiB chunk of /data/index and /data/label
+MAX_META_BYTES = 32 * 2**10  # HDF5 attributes above ~64 KiB fail; stay well below
 
 
 class ActivationFileError(ValueError):
@@ -45,6 +58,212 @@ def layer_group(k: int, name: str) -> str:
 def rows_per_chunk(d: int) -> int:
     """Rows in one ~1 MiB chunk of a (N, d) float32 dataset."""
     return max(1, 2**20 // (d * 4))
+
+
+def check_compression(compression: str | None) -> None:
+    """Refuse a compression other than those in :data:`COMPRESSIONS`."""
+    if compression not in COMPRESSIONS:
+        raise ActivationFileError(
+            f"compression must be one of {COMPRESSIONS}, got {compression!r}"
+        )
+
+
+def check_meta(meta: dict | None) -> dict:
+    """``meta`` (None or empty for none) as a new dict, checked to fit the JSON attributes of
+    ``/model``: string keys, JSON-serialisable values of at most :data:`MAX_META_BYTES`."""
+    meta = meta or {}
+    if not isinstance(meta, dict):
+        raise ActivationFileError(f"meta must be a dict, got {type(meta).__name__}")
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise ActivationFileError(f"meta keys must be strings, got {key!r}")
+        try:
+            encoded = json.dumps(value)
+        except TypeError as err:
+            raise ActivationFileError(
+                f"meta[{key!r}] is not JSON-serialisable ({err}); convert it to "
+                "str/number/list/dict first"
+            ) from None
+        if len(encoded) > MAX_META_BYTES:
+            raise ActivationFileError(
+                f"meta[{key!r}] is {len(encoded)} bytes as JSON, over the "
+                f"{MAX_META_BYTES}-byte limit for HDF5 attributes; store a digest instead"
+            )
+    return dict(meta)
+
+
+class ActivationWriter:
+    """Writes one activation file batch by batch; use as a context manager.
+
+    >>> with ActivationWriter("acts/bp__test.h5", ["layer1", "layer4"], ["gap"],
+    ...                       meta={"split": "test"}) as writer:  # doctest: +SKIP
+    ...     for acts, shapes, labels, indices in batches:
+    ...         writer.append(acts, shapes, labels, indices)
+
+    path: the file to write; missing parent folders are created. Rows go to a temporary file
+        beside it, which a ``with`` block that ends without an exception flushes, marks
+        complete, closes and renames to ``path`` (replacing any older file); an exception in
+        the block or while finishing removes the temporary file and propagates.
+    layers: module names, in file order. reductions: names stored for every layer.
+    meta: provenance (checkpoint sha256, dataset, split, ...), JSON-serialisable values,
+        stored as attributes of ``/model``.
+    compression: ``"lzf"`` (fast), ``"gzip"`` (smaller, slower) or None.
+    versions: versions of the further libraries that computed the values (e.g. torch),
+        recorded with those of repsim, numpy, h5py, HDF5 and Python.
+    n: rows appended so far.
+    """
+
+    def __init__(self, path: str | os.PathLike, layers: Sequence[str],
+                 reductions: Sequence[str], *, meta: dict | None = None,
+                 compression: str | None = "lzf", versions: dict[str, str] | None = None):
+        check_compression(compression)
+        meta = check_meta(meta)
+        self.path = Path(path)
+        self.n = 0
+        self._layers = list(layers)
+        self._reductions = list(reductions)
+        self._compression = compression
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._appenders: dict[str, _RowAppender] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.parent / f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        self._h5 = h5py.File(self._tmp, "w-")
+        try:
+            self._h5.attrs.update(_header(self._layers, self._reductions, compression, versions))
+            self._h5.create_group("model").attrs.update(
+                {k: json.dumps(v) for k, v in meta.items()})
+        except BaseException:
+            self._discard()
+            raise
+
+    def append(self, acts: dict[str, dict[str, np.ndarray]], shapes: dict[str, tuple[int, ...]],
+               labels: np.ndarray, indices: np.ndarray) -> None:
+        """Add one batch of B rows, given as numpy arrays.
+
+        acts: {layer: {reduction: (B, D) float32}} for every layer and reduction, D fixed per
+            dataset by the first batch. shapes: {layer: per-sample output shape before
+            reduction, e.g. (C, H, W)}, the same in every batch. labels, indices: (B,) int64;
+            indices continue strictly ascending (:func:`repsim.extract.check_batch` checks
+            sizes and order).
+        """
+        if self.n == 0:
+            self._create(acts, shapes)
+        for name in self._layers:
+            if shapes[name] != self._shapes[name]:
+                raise ActivationFileError(
+                    f"layer {name!r} output shape changed from {self._shapes[name]} to "
+                    f"{shapes[name]} between batches; feed inputs of one size"
+                )
+        self._appenders["data/label"].append(labels)
+        self._appenders["data/index"].append(indices)
+        for k, name in enumerate(self._layers):
+            for reduction in self._reductions:
+                self._appenders[f"{layer_group(k, name)}/{reduction}"].append(
+                    acts[name][reduction])
+        self.n += len(labels)
+
+    def __enter__(self) -> ActivationWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._discard()
+            return
+        try:
+            self._finish()
+            self._h5.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self._discard()
+            raise
+
+    def _create(self, acts: dict[str, dict[str, np.ndarray]],
+                shapes: dict[str, tuple[int, ...]]) -> None:
+        """The datasets, at the first batch (when each D is known)."""
+        for path in ("data/label", "data/index"):
+            self._appenders[path] = _RowAppender(self._h5.create_dataset(
+                path, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(INDEX_CHUNK_ROWS,),
+                compression=self._compression,
+            ))
+        for k, name in enumerate(self._layers):
+            self._shapes[name] = shapes[name]
+            group = self._h5.create_group(layer_group(k, name))
+            group.attrs["module"] = name
+            group.attrs["original_shape"] = np.array(shapes[name], dtype=np.int64)
+            for reduction in self._reductions:
+                d = acts[name][reduction].shape[1]
+                dataset = group.create_dataset(
+                    reduction, shape=(0, d), maxshape=(None, d), dtype=np.float32,
+                    chunks=(rows_per_chunk(d), d), compression=self._compression,
+                )
+                dataset.attrs.update(group.attrs)
+                dataset.attrs["reduction"] = reduction
+                self._appenders[dataset.name.lstrip("/")] = _RowAppender(dataset)
+
+    def _finish(self) -> None:
+        """Write what is still buffered, then mark the file complete (last)."""
+        if self.n == 0:
+            raise ActivationFileError(
+                f"no batch was appended to {self.path}; an activation file needs at least "
+                "one row"
+            )
+        for appender in self._appenders.values():
+            appender.flush()
+        self._h5.attrs["complete"] = True
+
+    def _discard(self) -> None:
+        try:
+            self._h5.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+
+class _RowAppender:
+    """Appends rows to a resizable (N, ...) dataset in whole chunks only.
+
+    A chunk written in parts would be compressed, read back and recompressed once per part
+    (slow), and the file would keep every stale copy; so rows wait here until they fill a
+    chunk, and :meth:`flush` writes the last, partial one.
+    """
+
+    def __init__(self, dataset: h5py.Dataset):
+        self.dataset = dataset
+        self.chunk_rows = dataset.chunks[0]
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+
+    def append(self, values: np.ndarray) -> None:
+        self._pending.append(values)
+        self._pending_rows += len(values)
+        if self._pending_rows >= self.chunk_rows:
+            self._write(self._pending_rows // self.chunk_rows * self.chunk_rows)
+
+    def flush(self) -> None:
+        if self._pending_rows:
+            self._write(self._pending_rows)
+
+    def _write(self, n_rows: int) -> None:
+        block = np.concatenate(self._pending)
+        start = self.dataset.shape[0]
+        self.dataset.resize(start + n_rows, axis=0)
+        self.dataset[start:start + n_rows] = block[:n_rows]
+        rest = block[n_rows:]
+        self._pending, self._pending_rows = ([rest] if len(rest) else []), len(rest)
+
+
+def _header(layers: list[str], reductions: list[str], compression: str | None,
+            versions: dict[str, str] | None) -> dict:
+    versions = {
+        "repsim": repsim.__version__, **(versions or {}), "numpy": np.__version__,
+        "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version,
+        "python": platform.python_version(),
+    }
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "versions": json.dumps(versions),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "layers": json.dumps(layers), "reductions": json.dumps(reductions),
+        "compression": str(compression), "complete": False,
+    }
 
 
 class ActivationFile:
@@ -93,7 +312,8 @@ class ActivationFile:
 
     @property
     def meta(self) -> dict:
-        """Provenance given to ``extract(meta=...)``: checkpoint sha256, dataset, split, …"""
+        """Provenance given to the writer (``extract(meta=...)``): checkpoint sha256, dataset,
+        split, …"""
         return {key: json.loads(value) for key, value in self._h5["model"].attrs.items()}
 
     @property

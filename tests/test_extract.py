@@ -357,20 +357,3 @@ def test_input_size_changing_between_batches_is_refused(tmp_path):
 def test_no_batches_is_refused(tmp_path):
     refuse(tmp_path, r"yielded no batch", batches=[])
 
-
-def test_rows_reach_the_file_in_whole_chunks(tmp_path):
-    """A chunk written in parts is recompressed per part and leaves stale copies in the file."""
-    from repsim.extract import _RowAppender
-
-    with h5py.File(tmp_path / "a.h5", "w") as h5:
-        dataset = h5.create_dataset("x", shape=(0, 2), maxshape=(None, 2), chunks=(100, 2),
-                                    dtype=np.float32, compression="lzf")
-        appender = _RowAppender(dataset)
-        rows = np.arange(420, dtype=np.float32).reshape(210, 2)
-        lengths = []
-        for part in np.split(rows, [70, 140]):
-            appender.append(part)
-            lengths.append(dataset.shape[0])
-        appender.flush()
-        assert lengths == [0, 100, 200]
-        np.testing.assert_array_equal(dataset[()], rows)
