@@ -1,4 +1,5 @@
-"""AugLocal's aux-net plan against the spec's golden tables, and the aux nets built from it."""
+"""AugLocal's aux-net plan against the golden tables of docs/auglocal.md, and the aux nets built
+from it."""
 
 import math
 
@@ -22,7 +23,8 @@ from training.models import BasicBlock, build_model
 RESNET32 = [16] * 6 + [32] * 5 + [64] * 5
 RESNET110 = [16] * 19 + [32] * 18 + [64] * 18
 
-# /work/shared/auglocal-spec.md §3, ResNet-32, K=16, d=2, tau=0.5: layers → aux blocks.
+# docs/auglocal.md, section "Golden plans": ResNet-32, K=16, aux_depth=2, pyramid_coeff=0.5:
+# layers → aux blocks.
 GOLDEN_D2 = {
     (0, 1, 2): "8[32,s2] 15[64,s2]",
     (3,): "9[32,s2] 15[64,s2]",
@@ -33,7 +35,7 @@ GOLDEN_D2 = {
     (11,): "13[64,s1] 15[64,s1]",
     (12,): "14[64,s1] 15[64,s1]",
 }
-# Same, d=3 (some rows).
+# Same, aux_depth=3 (some rows).
 GOLDEN_D3 = {
     0: "5[16,s1] 10[32,s2] 15[64,s2]",
     1: "6[32,s2] 10[32,s1] 15[64,s2]",
@@ -49,42 +51,43 @@ def rendered(blocks):
 
 
 def test_golden_plan_resnet32_d2():
-    plan = aux_plan(RESNET32, K=16, depth=2, tau=0.5)
+    plan = aux_plan(RESNET32, K=16, aux_depth=2, pyramid_coeff=0.5)
     expected = {layer: row for layers, row in GOLDEN_D2.items() for layer in layers}
     assert {layer: rendered(blocks) for layer, blocks in plan.items()} == expected
 
 
 def test_golden_plan_resnet32_d3():
-    plan = aux_plan(RESNET32, K=16, depth=3, tau=0.5)
+    plan = aux_plan(RESNET32, K=16, aux_depth=3, pyramid_coeff=0.5)
     assert list(plan) == list(range(12))  # K_eff = 13
     for layer, row in GOLDEN_D3.items():
         assert rendered(plan[layer]) == row
 
 
-@pytest.mark.parametrize("K_eff, depth, expected", [
+@pytest.mark.parametrize("K_eff, aux_depth, expected", [
     (13, 3, [3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2]),
     (11, 5, [5, 5, 5, 4, 4, 4, 4, 3, 3, 3]),
     (14, 2, [2] * 13),
 ])
-def test_golden_pyramid_depths(K_eff, depth, expected):
-    assert aux_depths(K_eff, depth, 0.5) == expected
-    plan = aux_plan(RESNET32, K=K_eff + depth, depth=depth, tau=0.5)
+def test_golden_pyramid_depths(K_eff, aux_depth, expected):
+    assert aux_depths(K_eff, aux_depth, 0.5) == expected
+    plan = aux_plan(RESNET32, K=K_eff + aux_depth, aux_depth=aux_depth, pyramid_coeff=0.5)
     assert [len(blocks) for blocks in plan.values()] == expected
 
 
-def test_no_pyramid_and_zero_tau_give_constant_depth():
+def test_no_pyramid_and_zero_coeff_give_constant_depth():
     assert aux_depths(11, 5, None) == aux_depths(11, 5, 0.0) == [5] * 10
 
 
-@pytest.mark.parametrize("widths, K, depth, last_aux_layer", [
+@pytest.mark.parametrize("widths, K, aux_depth, last_aux_layer", [
     (RESNET32, 16, 2, 12), (RESNET110, 55, 3, 50), (RESNET32, 16, 5, 9)])
-def test_effective_module_count(widths, K, depth, last_aux_layer):
-    assert effective_modules(K, depth) == K - depth
-    assert list(aux_plan(widths, K, depth, 0.5)) == list(range(last_aux_layer + 1))
+def test_effective_module_count(widths, K, aux_depth, last_aux_layer):
+    assert effective_modules(K, aux_depth) == K - aux_depth
+    assert list(aux_plan(widths, K, aux_depth, 0.5)) == list(range(last_aux_layer + 1))
 
 
 def test_rounding_is_half_to_even():
-    # spec: round(7.5) = 8 and round(12.5) = 12 decide layer 0's and layer 10's first block
+    # docs/auglocal.md, "Aux nets by uniform sampling": round(7.5) = 8 and round(12.5) = 12
+    # decide layer 0's and layer 10's first block
     assert sample_layers(0, 16, 2) == [8, 15]
     assert sample_layers(10, 16, 2) == [12, 15]
 
@@ -95,7 +98,7 @@ def test_sampling_takes_all_later_layers_when_few_remain():
 
 
 def test_render_plan_lists_every_aux_net_and_the_last_module():
-    plan = aux_plan(RESNET32, K=16, depth=2, tau=0.5)
+    plan = aux_plan(RESNET32, K=16, aux_depth=2, pyramid_coeff=0.5)
     table = render_plan(plan, RESNET32)
     lines = table.splitlines()
     assert len(lines) == 2 + len(plan) + 1
@@ -111,24 +114,24 @@ def plan_inputs(draw):
     for count, k in zip(stages, doublings):
         w *= 2**k
         widths += [w] * count
-    depth = draw(st.integers(1, 4))
-    K = draw(st.integers(min(depth + 2, len(widths)), len(widths)))
-    tau = draw(st.one_of(st.none(), st.floats(0, 1)))
-    return widths, K, depth, tau
+    aux_depth = draw(st.integers(1, 4))
+    K = draw(st.integers(min(aux_depth + 2, len(widths)), len(widths)))
+    pyramid_coeff = draw(st.one_of(st.none(), st.floats(0, 1)))
+    return widths, K, aux_depth, pyramid_coeff
 
 
 @settings(max_examples=200, deadline=None)
 @given(plan_inputs())
 def test_plan_properties(args):
-    widths, K, depth, tau = args
-    if K - depth < 2:
+    widths, K, aux_depth, pyramid_coeff = args
+    if K - aux_depth < 2:
         with pytest.raises(ValueError, match="K_eff"):
-            aux_plan(widths, K, depth, tau)
+            aux_plan(widths, K, aux_depth, pyramid_coeff)
         return
-    plan = aux_plan(widths, K, depth, tau)
-    depths = aux_depths(K - depth, depth, tau)
-    assert list(plan) == list(range(K - depth - 1))
-    assert depths[0] == depth and all(1 <= a <= depth for a in depths)
+    plan = aux_plan(widths, K, aux_depth, pyramid_coeff)
+    depths = aux_depths(K - aux_depth, aux_depth, pyramid_coeff)
+    assert list(plan) == list(range(K - aux_depth - 1))
+    assert depths[0] == aux_depth and all(1 <= a <= aux_depth for a in depths)
     assert all(a >= b for a, b in zip(depths, depths[1:]))  # the pyramid never deepens
     for layer, blocks in plan.items():
         mirrored = [b.layer for b in blocks]
@@ -145,15 +148,15 @@ def test_plan_properties(args):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(widths=RESNET32, K=17, depth=2), r"K=17 .* 16 layers"),
-    (dict(widths=RESNET32, K=3, depth=2), r"K_eff = K - d = 1"),
-    (dict(widths=RESNET32, K=16, depth=0), r"d=0"),
-    (dict(widths=RESNET32, K=16, depth=2, tau=1.5), r"tau=1.5"),
-    (dict(widths=RESNET32, K=16, depth=2, tau=-0.1), r"tau=-0.1"),
-    (dict(widths=[16, 24, 24, 24], K=4, depth=1), r"24/16"),
-    (dict(widths=[32, 16, 16, 16], K=4, depth=1), r"16/32"),
-    (dict(widths=[], K=4, depth=1), r"non-empty"),
-    (dict(widths=[16, 0], K=2, depth=1), r"positive"),
+    (dict(widths=RESNET32, K=17, aux_depth=2), r"K=17 .* 16 layers"),
+    (dict(widths=RESNET32, K=3, aux_depth=2), r"K_eff = K - aux_depth = 1"),
+    (dict(widths=RESNET32, K=16, aux_depth=0), r"aux_depth=0"),
+    (dict(widths=RESNET32, K=16, aux_depth=2, pyramid_coeff=1.5), r"pyramid_coeff=1.5"),
+    (dict(widths=RESNET32, K=16, aux_depth=2, pyramid_coeff=-0.1), r"pyramid_coeff=-0.1"),
+    (dict(widths=[16, 24, 24, 24], K=4, aux_depth=1), r"24/16"),
+    (dict(widths=[32, 16, 16, 16], K=4, aux_depth=1), r"16/32"),
+    (dict(widths=[], K=4, aux_depth=1), r"non-empty"),
+    (dict(widths=[16, 0], K=2, aux_depth=1), r"positive"),
 ])
 def test_plan_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -161,7 +164,7 @@ def test_plan_errors(kwargs, match):
 
 
 def test_aux_depths_errors():
-    with pytest.raises(ValueError, match="K_eff = K - d = 1"):
+    with pytest.raises(ValueError, match="K_eff = K - aux_depth = 1"):
         aux_depths(1, 2, 0.5)
 
 
@@ -169,11 +172,12 @@ def tiny_model(**kwargs):
     return build_model("resnet20", width=4, num_classes=3, **kwargs)  # 10 layers, widths 4/8/16
 
 
-@pytest.mark.parametrize("depth, tau", [(1, None), (2, 0.5), (3, 1.0)])
-def test_auglocal_aux_nets_follow_the_plan(depth, tau):
+@pytest.mark.parametrize("aux_depth, pyramid_coeff", [(1, None), (2, 0.5), (3, 1.0)])
+def test_auglocal_aux_nets_follow_the_plan(aux_depth, pyramid_coeff):
     model = tiny_model()
-    aux = build_auglocal_aux(model, K=10, depth=depth, tau=tau, num_classes=3)
-    plan = aux_plan(model.layer_widths, 10, depth, tau)
+    aux = build_auglocal_aux(model, K=10, aux_depth=aux_depth, pyramid_coeff=pyramid_coeff,
+                             num_classes=3)
+    plan = aux_plan(model.layer_widths, 10, aux_depth, pyramid_coeff)
     assert list(aux) == [str(layer) for layer in plan]
     for layer, blocks in plan.items():
         net = aux[str(layer)]
@@ -189,7 +193,8 @@ def test_auglocal_aux_nets_follow_the_plan(depth, tau):
 
 
 def test_auglocal_aux_uses_the_primary_initialisation():
-    aux = build_auglocal_aux(build_model("resnet32"), K=16, depth=2, tau=0.5, num_classes=10)
+    aux = build_auglocal_aux(build_model("resnet32"), K=16, aux_depth=2, pyramid_coeff=0.5,
+                             num_classes=10)
     convs = [m for m in aux.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)
              and m.out_channels == 64]
     weights = torch.cat([m.weight.flatten() for m in convs])

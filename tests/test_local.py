@@ -14,7 +14,7 @@ from training.memory import track_saved_tensors
 from training.models import build_model
 from training.step import BackpropStep
 
-SETTINGS = {"auglocal": dict(K=10, depth=2, tau=0.5), "dgl": dict(K=10)}
+SETTINGS = {"auglocal": dict(K=10, aux_depth=2, pyramid_coeff=0.5), "dgl": dict(K=10)}
 
 
 def tiny_step(method, seed=0, dtype=torch.float32, **overrides):
@@ -34,7 +34,8 @@ def grads(module):
 
 
 def summed_loss_backward(model, aux, x, y):
-    """The same losses as LocalStep, summed and back-propagated once (spec §4's non-saving way)."""
+    """The same losses as LocalStep, summed and back-propagated once (the way without the
+    memory saving in docs/auglocal.md, section "The training step")."""
     losses, h = [], x
     for i, layer in enumerate(model.layers):
         h = layer(h)
@@ -144,7 +145,7 @@ def test_aux_state_round_trips_through_a_weights_only_save():
 
 
 @pytest.mark.parametrize("other, match", [
-    (dict(depth=1), r"missing .*unexpected"),
+    (dict(aux_depth=1), r"missing .*unexpected"),
     (dict(K=9), r"missing \['6\."),
 ])
 def test_aux_state_from_other_settings_is_refused(other, match):
@@ -178,8 +179,8 @@ def test_make_step_builds_each_method():
     (dict(method="sgd"), r"unknown method 'sgd'"),
     (dict(method="bp", K=16), r"'bp' takes no K \(got 16\)"),
     (dict(method="auglocal", K=10), r"'auglocal' needs aux_depth"),
-    (dict(method="dgl", depth=2, K=10), r"'dgl' takes no aux_depth"),
-    (dict(method="dgl", K=10, tau=0.5), r"'dgl' takes no tau"),
+    (dict(method="dgl", aux_depth=2, K=10), r"'dgl' takes no aux_depth"),
+    (dict(method="dgl", K=10, pyramid_coeff=0.5), r"'dgl' takes no pyramid_coeff"),
     (dict(method="dgl"), r"'dgl' needs K"),
     (dict(method="dgl", K=10, input_size=None), r"needs input_size"),
 ])
@@ -190,8 +191,9 @@ def test_make_step_errors(kwargs, match):
 
 
 def test_method_config_round_trips():
-    config = MethodConfig("auglocal", K=16, aux_depth=2, tau=0.5)
-    assert config.to_dict() == {"name": "auglocal", "K": 16, "aux_depth": 2, "tau": 0.5}
+    config = MethodConfig("auglocal", K=16, aux_depth=2, pyramid_coeff=0.5)
+    assert config.to_dict() == {"name": "auglocal", "K": 16, "aux_depth": 2,
+                                "pyramid_coeff": 0.5}
     assert MethodConfig.from_dict(config.to_dict()) == config
 
 
@@ -205,7 +207,7 @@ def test_local_step_errors():
 
 
 @pytest.mark.parametrize("method, settings", [
-    ("auglocal", dict(K=4, depth=1, tau=None)), ("dgl", dict(K=4))])
+    ("auglocal", dict(K=4, aux_depth=1, pyramid_coeff=None)), ("dgl", dict(K=4))])
 def test_local_learning_fits_a_separable_synthetic_task(method, settings):
     torch.manual_seed(0)
     y = torch.arange(48) % 2

@@ -59,7 +59,7 @@ def test_local_learning_holds_far_less_than_backprop_on_a_deep_net():
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 3, (8,))
     saved = {}
-    for method, kwargs in [("bp", {}), ("auglocal", dict(K=16, depth=2, tau=0.5)),
+    for method, kwargs in [("bp", {}), ("auglocal", dict(K=16, aux_depth=2, pyramid_coeff=0.5)),
                            ("dgl", dict(K=16))]:
         model = build_model("resnet32", width=4, num_classes=3)  # 16 layers
         step = make_step(method, model, num_classes=3, input_size=(3, 16, 16), **kwargs)
@@ -77,9 +77,9 @@ def test_forward_macs_of_one_conv_and_one_linear():
 
 
 def test_forward_macs_match_the_spec_costs_of_resnet32_auglocal():
-    # spec §7: ResNet-32 at 32×32 is 69 M conv MACs; d=2 aux nets add ≈105 M
+    # docs/auglocal.md, "Costs": ResNet-32 at 32×32 is 69 M conv MACs; d=2 aux nets add ≈105 M
     model = build_model("resnet32")
-    step = make_step("auglocal", model, K=16, depth=2, tau=0.5, num_classes=10)
+    step = make_step("auglocal", model, K=16, aux_depth=2, pyramid_coeff=0.5, num_classes=10)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
     primary = forward_macs(model.layers, lambda: step(x, y))
     aux = forward_macs(step.aux, lambda: step(x, y))

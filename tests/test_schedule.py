@@ -5,8 +5,9 @@ import pytest
 from training.schedule import WARMUP_START_LR, default_warmup_epochs, learning_rate
 
 
-def spec_per_epoch(e, lr0, epochs, warmup):
-    """The per-epoch formula of ../shared/auglocal-spec.md §5 (warm-up generalised)."""
+def paper_per_epoch(e, lr0, epochs, warmup):
+    """The paper's per-epoch formula (docs/auglocal.md, section "Optimiser and learning-rate
+    schedule"; warm-up generalised)."""
     cosine = 0.5 * lr0 * (1 + math.cos(math.pi * e / epochs))
     if e <= warmup:
         return cosine * (e - 1) / warmup + 0.01 * (warmup + 1 - e) / warmup
@@ -31,12 +32,12 @@ def test_cosine_decays_monotonically_to_zero():
 def test_is_the_papers_per_epoch_schedule_evaluated_per_iteration():
     ours = lambda t: learning_rate(t, lr=0.8, epochs=400, warmup_epochs=10)  # noqa: E731
     for e in range(1, 401):
-        spec = spec_per_epoch(e, 0.8, 400, 10)
+        paper = paper_per_epoch(e, 0.8, 400, 10)
         if e <= 10:  # warm-up: the paper's epoch e is our t = e − 1, up to cos(π/400) terms
-            assert ours(e - 1) == pytest.approx(spec, rel=1e-3)
+            assert ours(e - 1) == pytest.approx(paper, rel=1e-3)
         else:        # cosine: the paper's epoch-e value is ours at the end of epoch e
-            assert ours(e) == pytest.approx(spec, abs=1e-12)
-            assert ours(e - 1) >= spec
+            assert ours(e) == pytest.approx(paper, abs=1e-12)
+            assert ours(e - 1) >= paper
 
 
 def test_default_warmup_is_a_tenth():

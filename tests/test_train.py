@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import training.train as loop
+from training.checkpoint import FORMAT_VERSION
 from training.train import TrainConfig, main, train
 
 TINY = TrainConfig(arch="resnet8", width=8, dataset="digits", epochs=3, batch_size=64,
@@ -125,6 +126,33 @@ def test_resume_restores_the_aux_nets(tmp_path, monkeypatch):
         torch.testing.assert_close(a[key], b[key])
 
 
+def test_resume_from_a_version_1_checkpoint_continues_the_same_run(tmp_path, monkeypatch):
+    """Format version 1 stored the pyramid coefficient as method["tau"]; a run interrupted
+    under it resumes to the same weights as a straight run, and is then saved as the current
+    version with the current key."""
+    config = replace(TINY, method="auglocal", arch="resnet14", epochs=2)
+    straight = replace(config, out=str(tmp_path / "straight.pt"))
+    train(straight)
+    interrupted = replace(config, out=str(tmp_path / "interrupted.pt"))
+    crash_after_first_epoch(interrupted, monkeypatch)
+    old = torch.load(interrupted.out, weights_only=True)
+    old["format_version"] = 1
+    old["method"] = {("tau" if k == "pyramid_coeff" else k): v for k, v in old["method"].items()}
+    assert old["method"]["tau"] == 0.5
+    torch.save(old, interrupted.out)
+    train(replace(interrupted, resume=True))
+
+    a = torch.load(straight.out, weights_only=True)
+    b = torch.load(interrupted.out, weights_only=True)
+    assert b["format_version"] == FORMAT_VERSION and b["epoch"] == 2
+    assert b["method"] == a["method"] == {"name": "auglocal", "K": 7, "aux_depth": 2,
+                                          "pyramid_coeff": 0.5}
+    for part in ("state_dict", "aux_state_dict"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key])
+
+
 def test_resume_with_other_method_settings_is_refused(tmp_path):
     config = replace(TINY, method="auglocal", arch="resnet14", epochs=1,
                      out=str(tmp_path / "al.pt"))
@@ -139,8 +167,8 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     main(["--method", "auglocal", "--arch", "resnet32", "--dataset", "digits", "--dry-run",
           "--out", str(out)])
     text = capsys.readouterr().out
-    assert "| 0 | 16 | 2 | 8[32,s2] 15[64,s2] |" in text   # the spec's golden row
-    assert "13–15 + head" in text and "aux 1,341,058" in text  # spec §7: 1.34 M aux params
+    assert "| 0 | 16 | 2 | 8[32,s2] 15[64,s2] |" in text   # a golden row of docs/auglocal.md
+    assert "13–15 + head" in text and "aux 1,341,058" in text  # docs/auglocal.md, "Costs"
     assert out.read_bytes() == b"an earlier run"
 
 

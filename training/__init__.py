@@ -1,7 +1,8 @@
 """Training side of the toolkit: models, datasets, the training loop and checkpoints."""
 
-from training.checkpoint import CheckpointError, load_checkpoint
+from training.checkpoint import CheckpointError, checkpoint_meta, load_checkpoint
 from training.data import DatasetError, load_split
 from training.models import build_model
 
-__all__ = ["CheckpointError", "DatasetError", "build_model", "load_checkpoint", "load_split"]
+__all__ = ["CheckpointError", "DatasetError", "build_model", "checkpoint_meta",
+           "load_checkpoint", "load_split"]

@@ -1,17 +1,22 @@
 """Auxiliary networks of local learning: AugLocal's plan and blocks, and DGL's small aux nets.
 
-AugLocal (Ma et al., ICLR 2024; ``/work/shared/auglocal-spec.md`` §1–3): the aux net of layer
-``l`` is a stack of fresh residual blocks mirroring a uniform sample of the primary network's
-later layers, then GAP → Linear. :func:`aux_plan` is the pure description of those stacks
-(inspect it, print it with :func:`render_plan`); :func:`build_auglocal_aux` turns it into
-modules. DGL (Belilovsky et al. 2020; spec §6) uses one small fixed aux net per layer:
-:func:`build_dgl_aux`.
+AugLocal (Ma et al., ICLR 2024; described in ``docs/auglocal.md``): the aux net of layer ``l``
+is a stack of fresh residual blocks mirroring a uniform sample of the primary network's later
+layers, then GAP → Linear. :func:`aux_plan` is the pure description of those stacks (inspect
+it, print it with :func:`render_plan`); :func:`build_auglocal_aux` turns it into modules. DGL
+(Belilovsky et al. 2020; ``docs/auglocal.md``, section "DGL-style aux nets") uses one small
+fixed aux net per layer: :func:`build_dgl_aux`.
 
-Module count: with ``K`` requested local modules and aux depth ``d``, AugLocal puts aux nets on
-layers ``0 … K_eff − 2`` with ``K_eff = K − d``; every later layer joins the last module, which
-the output loss trains. DGL puts aux nets on layers ``0 … K − 2``. When ``K`` is below the
-number of layers, the first modules are therefore single layers and the last one holds the
-rest (InfoPro's code instead groups layers evenly from a per-K table; we do not).
+Settings (the names of ``MethodConfig`` and the checkpoint's ``method``): ``K`` local modules
+requested, ``aux_depth`` (d, ``--aux-depth``) the blocks of the deepest aux net,
+``pyramid_coeff`` (τ, ``--pyramid-coeff``) how far the pyramid lowers the depth. ``depth``
+alone always means the depth of one aux net.
+
+Module count (``docs/auglocal.md``, section "Layers and local modules"): AugLocal puts aux nets
+on layers ``0 … K_eff − 2`` with ``K_eff = K − aux_depth``; every later layer joins the last
+module, which the output loss trains. DGL puts aux nets on layers ``0 … K − 2``. When ``K`` is
+below the number of layers, the first modules are therefore single layers and the last one
+holds the rest (InfoPro's code instead groups layers evenly from a per-K table; we do not).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch import nn
 
 from training.models import BasicBlock, init_weights
 
-D_MIN = 1  # the shallowest aux net the pyramid may reach (spec §3)
+D_MIN = 1  # the shallowest aux net the pyramid may reach (docs/auglocal.md, "Pyramidal depth")
 
 
 class AuxBlock(NamedTuple):
@@ -38,32 +43,37 @@ class AuxBlock(NamedTuple):
         return f"{self.layer}[{self.width},s{self.stride}]"
 
 
-def effective_modules(K: int, depth: int) -> int:
-    """``K_eff = K − d``: the number of local modules AugLocal actually trains (spec §1)."""
-    return K - depth
+def effective_modules(K: int, aux_depth: int) -> int:
+    """``K_eff = K − aux_depth``: the number of local modules AugLocal actually trains
+    (``docs/auglocal.md``, section "Layers and local modules")."""
+    return K - aux_depth
 
 
-def aux_depths(K_eff: int, depth: int, tau: float | None) -> list[int]:
-    """Depths of the ``K_eff − 1`` aux nets, one per layer ``0 … K_eff − 2`` (spec §3).
+def aux_depths(K_eff: int, aux_depth: int, pyramid_coeff: float | None) -> list[int]:
+    """Depths of the ``K_eff − 1`` aux nets, one per layer ``0 … K_eff − 2``
+    (``docs/auglocal.md``, section "Pyramidal depth").
 
-    ``tau=None`` disables the pyramid (every depth is ``depth``); otherwise depth falls
-    linearly from ``depth`` towards ``depth − tau·(depth − 1)``, rounded half-to-even.
+    ``pyramid_coeff=None`` disables the pyramid (every depth is ``aux_depth``); otherwise,
+    with d = ``aux_depth`` and τ = ``pyramid_coeff``, depth falls linearly from d towards
+    d − τ·(d − 1), rounded half-to-even.
     """
-    _check_schedule(K_eff, depth, tau)
+    _check_schedule(K_eff, aux_depth, pyramid_coeff)
+    d, tau = aux_depth, pyramid_coeff
     if tau is None:
-        return [depth] * (K_eff - 1)
+        return [d] * (K_eff - 1)
     span = max(K_eff - 2, 1)  # K_eff = 2 has only layer 0, where r = 0 whatever the span
     depths = []
     for i in range(K_eff - 1):
         r = tau * i / span
-        depths.append(max(D_MIN, round(depth * (1 - r) + D_MIN * r)))
+        depths.append(max(D_MIN, round(d * (1 - r) + D_MIN * r)))
     return depths
 
 
 def sample_layers(layer: int, n_layers: int, depth: int) -> list[int]:
     """Indices of the primary layers that layer ``layer``'s aux net of depth ``depth`` mirrors.
 
-    Uniform sampling of the later layers, ending at ``n_layers − 1``; all later layers when
+    Uniform sampling of the later layers, ending at ``n_layers − 1`` (``docs/auglocal.md``,
+    section "Aux nets by uniform sampling"); all later layers when
     there are no more than ``depth`` of them (unreachable from :func:`aux_plan`, whose
     ``K_eff`` rule always leaves more than ``depth`` later layers).
     """
@@ -74,7 +84,8 @@ def sample_layers(layer: int, n_layers: int, depth: int) -> list[int]:
 
 
 def plan_blocks(widths: Sequence[int], layer: int, sampled: Sequence[int]) -> list[AuxBlock]:
-    """Blocks mirroring ``sampled`` with the stride carry-over rule (spec §2).
+    """Blocks mirroring ``sampled`` with the stride carry-over rule (``docs/auglocal.md``,
+    section "Strides").
 
     Each doubling of the width asks for one stride-2; a quadrupling carries its second
     stride-2 over to the next block (or, on the last block, leaves it to the pooling).
@@ -90,14 +101,15 @@ def plan_blocks(widths: Sequence[int], layer: int, sampled: Sequence[int]) -> li
     return blocks
 
 
-def aux_plan(widths: Sequence[int], K: int, depth: int,
-             tau: float | None = None) -> dict[int, list[AuxBlock]]:
-    """AugLocal's aux nets: layer index → its blocks, for layers ``0 … K − depth − 2``.
+def aux_plan(widths: Sequence[int], K: int, aux_depth: int,
+             pyramid_coeff: float | None = None) -> dict[int, list[AuxBlock]]:
+    """AugLocal's aux nets: layer index → its blocks, for layers ``0 … K − aux_depth − 2``.
 
     ``widths[i]`` is the output channel count of primary layer ``i`` (``model.layer_widths``).
-    ``tau=None``: every aux net has ``depth`` blocks; else the pyramidal schedule of
-    :func:`aux_depths`. Example (ResNet-32, K=16, d=2): ``plan[7]`` is
-    ``[AuxBlock(11, 64, 2), AuxBlock(15, 64, 1)]``.
+    ``pyramid_coeff=None``: every aux net has ``aux_depth`` blocks; else the pyramidal schedule
+    of :func:`aux_depths`. Example (ResNet-32, K=16, aux_depth=2): ``plan[7]`` is
+    ``[AuxBlock(11, 64, 2), AuxBlock(15, 64, 1)]`` (``docs/auglocal.md``, section
+    "Golden plans").
     """
     _check_widths(widths)
     if not isinstance(K, int) or K > len(widths):
@@ -105,10 +117,10 @@ def aux_plan(widths: Sequence[int], K: int, depth: int,
             f"K={K!r} local modules but the network has {len(widths)} layers; "
             f"choose an integer K <= {len(widths)}"
         )
-    depths = aux_depths(effective_modules(K, depth), depth, tau)
+    depths = aux_depths(effective_modules(K, aux_depth), aux_depth, pyramid_coeff)
     return {
-        layer: plan_blocks(widths, layer, sample_layers(layer, len(widths), d))
-        for layer, d in enumerate(depths)
+        layer: plan_blocks(widths, layer, sample_layers(layer, len(widths), depth))
+        for layer, depth in enumerate(depths)
     }
 
 
@@ -124,13 +136,16 @@ def render_plan(plan: dict[int, list[AuxBlock]], widths: Sequence[int]) -> str:
 
 
 def auglocal_head(channels: int, num_classes: int, depth: int) -> nn.Sequential:
-    """GAP → Flatten → (BatchNorm1d when ``depth`` ≤ 1) → Linear: (B, C, H, W) → (B, classes)."""
+    """GAP → Flatten → (BatchNorm1d when ``depth`` ≤ 1) → Linear: (B, C, H, W) → (B, classes).
+
+    ``depth``: the blocks of this aux net (``docs/auglocal.md``, section "Aux head and loss").
+    """
     norm = [nn.BatchNorm1d(channels)] if depth <= 1 else []
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), *norm,
                          nn.Linear(channels, num_classes))
 
 
-def build_auglocal_aux(model: nn.Module, K: int, depth: int, tau: float | None,
+def build_auglocal_aux(model: nn.Module, K: int, aux_depth: int, pyramid_coeff: float | None,
                        num_classes: int) -> nn.ModuleDict:
     """AugLocal aux nets for ``model`` (anything with ``layer_widths``), keyed by str(layer).
 
@@ -139,7 +154,7 @@ def build_auglocal_aux(model: nn.Module, K: int, depth: int, tau: float | None,
     """
     widths = model.layer_widths
     nets = {}
-    for layer, blocks in aux_plan(widths, K, depth, tau).items():
+    for layer, blocks in aux_plan(widths, K, aux_depth, pyramid_coeff).items():
         c_ins = [widths[layer]] + [b.width for b in blocks[:-1]]
         body = [BasicBlock(c_in, b.width, b.stride) for c_in, b in zip(c_ins, blocks)]
         nets[str(layer)] = nn.Sequential(
@@ -150,7 +165,8 @@ def build_auglocal_aux(model: nn.Module, K: int, depth: int, tau: float | None,
 
 
 def dgl_aux_net(channels: int, spatial: tuple[int, int], num_classes: int) -> nn.Sequential:
-    """DGL's aux net for a (B, C, H, W) input with ``spatial = (H, W)`` (spec §6).
+    """DGL's aux net for a (B, C, H, W) input with ``spatial = (H, W)`` (``docs/auglocal.md``,
+    section "DGL-style aux nets").
 
     Pool to ⌈S/4⌉ → 3 × [1×1 conv C→C, BN, ReLU] → pool to s = min(⌈S/4⌉, 2) → Flatten →
     2 × [Linear, BN1d, ReLU] of width C·s² → Linear → (B, num_classes); per axis for H ≠ W.
@@ -212,17 +228,17 @@ def build_dgl_aux(model: nn.Module, K: int, num_classes: int,
     return aux
 
 
-def _check_schedule(K_eff: int, depth: int, tau: float | None) -> None:
-    if not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"aux depth d={depth!r} must be an integer >= 1, e.g. 2")
+def _check_schedule(K_eff: int, aux_depth: int, pyramid_coeff: float | None) -> None:
+    if not isinstance(aux_depth, int) or aux_depth < 1:
+        raise ValueError(f"aux_depth={aux_depth!r} must be an integer >= 1, e.g. 2")
     if not isinstance(K_eff, int) or K_eff < 2:
         raise ValueError(
-            f"K_eff = K - d = {K_eff!r} leaves no aux net (need K_eff >= 2); "
-            f"raise K to at least d + 2 = {depth + 2} or lower d"
+            f"K_eff = K - aux_depth = {K_eff!r} leaves no aux net (need K_eff >= 2); "
+            f"raise K to at least aux_depth + 2 = {aux_depth + 2} or lower aux_depth"
         )
-    if tau is not None and not 0.0 <= tau <= 1.0:
+    if pyramid_coeff is not None and not 0.0 <= pyramid_coeff <= 1.0:
         raise ValueError(
-            f"pyramid coefficient tau={tau!r} must lie in [0, 1] (0.5 in the paper), "
+            f"pyramid_coeff={pyramid_coeff!r} must lie in [0, 1] (0.5 in the paper), "
             "or be None for no pyramid"
         )
 

@@ -1,35 +1,59 @@
-"""Self-describing checkpoints: one ``torch.save`` of a plain dict.
+"""Self-describing checkpoints: one ``torch.save`` of a plain dict, and its readers.
 
 Only tensors, numbers, strings, lists and dicts go in, so a checkpoint loads with
 ``torch.load(weights_only=True)`` and a file that would need arbitrary unpickling (and could
-run code) is refused. Keys::
+run code) is refused. Keys (built by :func:`checkpoint_dict`)::
 
-    format, format_version   "auglocal-toolkit/checkpoint", 1
+    format, format_version   "auglocal-toolkit/checkpoint", 2
     arch                     {"name", "depth", "width", "in_channels", "num_classes"}
-    method                   {"name": "bp" | "auglocal" | "dgl", ...its settings}
+    method                   {"name": "bp" | "auglocal" | "dgl", "K", "aux_depth",
+                              "pyramid_coeff"} (settings a method does not use are None)
     dataset                  DatasetInfo.to_dict() plus "subset"
     state_dict               the primary network
     aux_state_dict           auxiliary networks (local methods only)
     optimizer                optimiser state (to resume)
     layers                   ordered module names of the analysis layers
-    metrics                  {"epochs": [per-epoch dicts], ...}
+    metrics                  {"epochs": [per-epoch dicts], "test_acc", "train_seconds", ...}
     epoch, seed, config, versions
+
+Readers: :func:`read_checkpoint` (everything, to resume), :func:`checkpoint_meta` (everything
+but the weights, without reading them) and :func:`load_checkpoint` (the primary network in eval
+mode plus that metadata). All three validate the file and bring older format versions up to
+date in one place (:func:`_migrate`), so callers only ever see the current keys.
+
+Format versions: 1 stored AugLocal's pyramid coefficient as ``method["tau"]``; 2 calls it
+``method["pyramid_coeff"]``, the name of the ``--pyramid-coeff`` flag and of the
+``TrainConfig`` and ``MethodConfig`` fields.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
+import torchvision
+from torch import nn
 
 from training.models import BLOCKS_PER_STAGE, ResNet, build_model
 
 FORMAT = "auglocal-toolkit/checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                 # the version this toolkit writes
+READABLE_VERSIONS = (1, 2)         # the versions it reads (older ones via _migrate)
+REQUIRED_KEYS = ("arch", "method", "dataset", "state_dict", "layers", "metrics")
+HEAVY_KEYS = ("state_dict", "aux_state_dict", "optimizer")  # left out of the metadata
+
+# Settings a resumed run must share with the checkpoint it continues (keys of its "config").
+RESUME_KEYS = ("method", "K", "aux_depth", "pyramid_coeff", "arch", "width", "dataset",
+               "subset", "subset_seed", "epochs", "warmup_epochs", "batch_size", "lr",
+               "momentum", "weight_decay", "seed")
+
+# Format version 1 → 2: old name → new name of keys in the "method" dict.
+_V1_METHOD_KEYS = {"tau": "pyramid_coeff"}
 
 
 class CheckpointError(ValueError):
@@ -58,13 +82,74 @@ def _umask() -> int:
 
 
 def arch_config(name: str, model: ResNet, in_channels: int, num_classes: int) -> dict:
+    """The checkpoint's ``arch``: the registry name and every constructor argument."""
     return {"name": name, "depth": int(name.removeprefix("resnet")),
             "width": model.layer_widths[0], "in_channels": in_channels,
             "num_classes": num_classes}
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict, validated: format tag, version and required keys."""
+def checkpoint_dict(*, arch: dict, model: nn.Module, method: dict, dataset: dict,
+                    aux_state_dict: dict | None, optimizer: dict, history: list[dict],
+                    cost: dict, epoch: int, seed: int, config: dict) -> dict:
+    """The dict a training run saves after each epoch (current format version).
+
+    ``arch``: :func:`arch_config` of ``model``, the primary network (its ``state_dict`` and
+    ``layer_names`` are stored); ``method``: ``MethodConfig.to_dict()``; ``dataset``:
+    ``DatasetInfo.to_dict()`` plus ``"subset"``; ``aux_state_dict``: the aux nets' weights
+    (None for BP); ``optimizer``: ``optimizer.state_dict()``; ``history``: one record per
+    completed epoch, each with ``test_acc`` and ``epoch_seconds``; ``cost``: the run's cost
+    metrics (merged into ``metrics``); ``epoch``: epochs completed; ``config``: the run's
+    settings as a dict (``asdict(TrainConfig)``), which :func:`check_resume` compares.
+    """
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "method": method,
+        "dataset": dataset,
+        "state_dict": model.state_dict(),
+        "aux_state_dict": aux_state_dict,
+        "optimizer": optimizer,
+        "layers": list(model.layer_names),
+        "metrics": {"epochs": history, "test_acc": history[-1]["test_acc"] if history else None,
+                    "train_seconds": sum(r["epoch_seconds"] for r in history), **cost},
+        "epoch": epoch, "seed": seed,
+        "config": config,
+        "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+                     "python": sys.version.split()[0]},
+    }
+
+
+def check_resume(config: dict, ckpt: dict, path: str | Path) -> None:
+    """Refuse to continue checkpoint ``ckpt`` (read from ``path``) under other settings.
+
+    ``config``: the new run's settings as a dict (``asdict(TrainConfig)``); every key of
+    :data:`RESUME_KEYS` must equal the one in ``ckpt["config"]``. Raises ValueError naming each
+    differing flag with both values.
+    """
+    saved = ckpt.get("config", {})
+    clashes = [f"--{k.replace('_', '-')} {config.get(k)!r} (checkpoint: {saved.get(k)!r})"
+               for k in RESUME_KEYS if saved.get(k) != config.get(k)]
+    if clashes:
+        raise ValueError(f"--resume: {path} was trained with other settings: "
+                         + "; ".join(clashes) + ". Use the same settings or a new --out.")
+
+
+def _migrate(ckpt: dict) -> dict:
+    """Bring a validated checkpoint of an older readable version to the current keys.
+
+    Version 1 → 2: ``method["tau"]`` is renamed ``method["pyramid_coeff"]`` (order kept).
+    ``format_version`` keeps the version the file was written with.
+    """
+    if ckpt["format_version"] == 1 and isinstance(ckpt["method"], dict):
+        ckpt["method"] = {_V1_METHOD_KEYS.get(k, k): v for k, v in ckpt["method"].items()}
+    return ckpt
+
+
+def _read(path: str | Path, *, mmap: bool) -> dict:
+    """The checkpoint dict at ``path``, validated and migrated to the current keys.
+
+    ``mmap=True`` maps the file instead of reading tensor storage into memory: tensors are
+    read only when their data is touched (see ``torch.load``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with "
@@ -72,7 +157,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a torch.save archive)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path} was refused: loading it would need arbitrary unpickling (it holds "
@@ -85,18 +170,41 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint of this toolkit "
                               f"(no format tag {FORMAT!r}); write one with training.train")
-    if ckpt.get("format_version") != FORMAT_VERSION:
+    if ckpt.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path} has checkpoint format version {ckpt.get('format_version')!r}; this "
-            f"toolkit reads version {FORMAT_VERSION}. Use the toolkit version that wrote it."
+            f"toolkit reads versions {', '.join(map(str, READABLE_VERSIONS))}. Use the "
+            "toolkit version that wrote it."
         )
-    missing = {"arch", "method", "dataset", "state_dict", "layers", "metrics"} - ckpt.keys()
+    missing = set(REQUIRED_KEYS) - ckpt.keys()
     if missing:
         raise CheckpointError(f"{path} lacks the keys {sorted(missing)}: it is damaged")
-    return ckpt
+    return _migrate(ckpt)
+
+
+def _without_weights(ckpt: dict) -> dict:
+    return {k: v for k, v in ckpt.items() if k not in HEAVY_KEYS}
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict, validated (format tag, version, required keys), with the
+    current key names whatever version wrote it; weights and optimiser state included."""
+    return _read(path, mmap=False)
+
+
+def checkpoint_meta(path: str | Path) -> dict:
+    """A checkpoint's metadata: its dict without ``state_dict``, ``aux_state_dict`` and
+    ``optimizer``, validated as by :func:`read_checkpoint`.
+
+    Cheap: the file is memory-mapped, so the weights are never read into memory, and no
+    model is built. The same dict as ``load_checkpoint(path)[1]``, except that an unknown
+    architecture or weights that do not fit it are not detected here.
+    """
+    return _without_weights(_read(path, mmap=True))
 
 
 def model_from_arch(arch: dict) -> ResNet:
+    """A fresh network of the checkpoint's ``arch``; refuses architectures not registered."""
     if arch.get("name") not in BLOCKS_PER_STAGE:
         raise CheckpointError(f"checkpoint architecture {arch.get('name')!r} is unknown; this "
                               f"toolkit builds {', '.join(BLOCKS_PER_STAGE)}")
@@ -107,8 +215,9 @@ def model_from_arch(arch: dict) -> ResNet:
 def load_checkpoint(path: str | Path) -> tuple[ResNet, dict]:
     """Rebuild the primary network in eval mode: ``(model, meta)``.
 
-    ``meta`` is the checkpoint dict without the weights and optimiser state;
-    ``meta["layers"]`` lists the module names of the analysis layers, in order.
+    ``meta`` is the checkpoint dict without the weights and optimiser state (the same as
+    :func:`checkpoint_meta`); ``meta["layers"]`` lists the module names of the analysis
+    layers, in order.
     """
     ckpt = read_checkpoint(path)
     model = model_from_arch(ckpt["arch"])
@@ -117,5 +226,4 @@ def load_checkpoint(path: str | Path) -> tuple[ResNet, dict]:
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit {ckpt['arch']}: {err}") from err
     model.eval()
-    heavy = {"state_dict", "aux_state_dict", "optimizer"}
-    return model, {k: v for k, v in ckpt.items() if k not in heavy}
+    return model, _without_weights(ckpt)

@@ -38,7 +38,7 @@ class DatasetInfo:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
 
 
-# Augmentation per ../shared/auglocal-spec.md §5; Fashion-MNIST: crop with padding 2 and flip.
+# Augmentation per docs/auglocal.md, section "Augmentation"; Fashion-MNIST and digits are ours.
 DATASETS = {
     "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,),
                                  2, "constant", True),

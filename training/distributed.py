@@ -11,11 +11,11 @@ the nccl path is exercised on a machine with one GPU. Without ``WORLD_SIZE`` (a 
 Gradients are reduced once per step, after every local backward of the step has run and
 before ``optimizer.step()``: :func:`average_gradients` all-reduces one flat bucket of all
 gradients and divides by the world size. This is the "one reduction after all local
-backwards" of the spec (§4) and is correct for BP, AugLocal and DGL alike, without DDP's
-wrapper hooks (which assume one backward per step). BatchNorm normalises with each rank's own
-micro-batch statistics, as plain DDP does; :func:`average_buffers` averages the running
-statistics at the end of each epoch, so every rank, the evaluation and the checkpoint share
-them.
+backwards" of ``docs/auglocal.md`` (section "The training step") and is correct for BP,
+AugLocal and DGL alike, without DDP's wrapper hooks (which assume one backward per step).
+BatchNorm normalises with each rank's own micro-batch statistics, as plain DDP does;
+:func:`average_buffers` averages the running statistics at the end of each epoch, so every
+rank, the evaluation and the checkpoint share them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Supervised local learning as a training step (spec §4), and the method switch.
+"""Supervised local learning as a training step, and the method switch.
+
+The step is the one of ``docs/auglocal.md`` (section "The training step").
 
 :class:`LocalStep` trains each local module by its own aux loss, calling ``backward`` as soon
 as the module's loss exists so its graph is freed before the next module runs, and detaching
@@ -25,23 +27,25 @@ METHODS = ("bp", "auglocal", "dgl")
 class MethodConfig:
     """A training method and its settings, as stored in checkpoints.
 
-    ``K``: requested local modules (auglocal, dgl); ``aux_depth``: AugLocal's base aux depth d;
-    ``tau``: AugLocal's pyramid coefficient (None = no pyramid). Unused settings are None.
-    AugLocal puts aux nets on layers ``0 … K − d − 2``, DGL on ``0 … K − 2``; the remaining
-    layers and the head form the last module (see :mod:`training.auglocal`).
+    ``K``: requested local modules (auglocal, dgl); ``aux_depth``: AugLocal's base aux depth
+    d (``--aux-depth``); ``pyramid_coeff``: AugLocal's pyramid coefficient τ
+    (``--pyramid-coeff``; None = no pyramid). Unused settings are None. AugLocal puts aux nets
+    on layers ``0 … K − aux_depth − 2``, DGL on ``0 … K − 2``; the remaining layers and the
+    head form the last module (see :mod:`training.auglocal`). Checkpoints store
+    :meth:`to_dict` as their ``method``.
     """
 
     name: str
     K: int | None = None
-    aux_depth: int | None = None
-    tau: float | None = None
+    aux_depth: int | None = None        # blocks per aux net before the pyramid
+    pyramid_coeff: float | None = None  # in [0, 1]; 0 or None: every aux net aux_depth deep
 
     def __post_init__(self):
         if self.name not in METHODS:
             raise ValueError(f"unknown method {self.name!r}; choose one of {', '.join(METHODS)}")
         needed = {"bp": (), "auglocal": ("K", "aux_depth"), "dgl": ("K",)}[self.name]
-        allowed = needed + (("tau",) if self.name == "auglocal" else ())
-        for field, example in (("K", 16), ("aux_depth", 2), ("tau", 0.5)):
+        allowed = needed + (("pyramid_coeff",) if self.name == "auglocal" else ())
+        for field, example in (("K", 16), ("aux_depth", 2), ("pyramid_coeff", 0.5)):
             value = getattr(self, field)
             if field in needed and value is None:
                 raise ValueError(f"method {self.name!r} needs {field}; pass e.g. {field}={example}")
@@ -66,7 +70,8 @@ class MethodConfig:
         if self.name == "bp":
             return BackpropStep(model)
         if self.name == "auglocal":
-            aux = build_auglocal_aux(model, self.K, self.aux_depth, self.tau, num_classes)
+            aux = build_auglocal_aux(model, self.K, self.aux_depth, self.pyramid_coeff,
+                                     num_classes)
         else:
             if input_size is None:
                 raise ValueError("method 'dgl' needs input_size=(C, H, W) to size its aux nets")
@@ -76,15 +81,18 @@ class MethodConfig:
 
 
 def paper_config(method: str, arch: str) -> MethodConfig:
-    """The settings of the AugLocal authors' README (spec §5): ResNet-32 K=16, d=2, tau=0.5;
-    ResNet-110 K=55, d=3, tau=0.5. DGL gets the same K, BP none."""
+    """The settings of the AugLocal authors' README (``docs/auglocal.md``, section
+    "Optimiser and learning-rate schedule"): ResNet-32 K=16, aux_depth=2, pyramid_coeff=0.5;
+    ResNet-110 K=55, aux_depth=3, pyramid_coeff=0.5. DGL gets the same K, BP none."""
     settings = {"resnet32": (16, 2, 0.5), "resnet110": (55, 3, 0.5)}
     if arch not in settings:
         raise ValueError(f"the paper has settings for {', '.join(settings)}, not {arch!r}")
-    K, depth, tau = settings[arch]
+    K, aux_depth, pyramid_coeff = settings[arch]
     if method == "bp":
         return MethodConfig("bp")
-    return MethodConfig(method, K, depth, tau) if method == "auglocal" else MethodConfig(method, K)
+    if method == "auglocal":
+        return MethodConfig(method, K, aux_depth, pyramid_coeff)
+    return MethodConfig(method, K)
 
 
 class LocalStep:
@@ -133,20 +141,21 @@ class LocalStep:
             raise ValueError(
                 f"auxiliary weights do not fit these aux nets: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}, shape mismatch {reshaped[:5]}; resume with the "
-                "method settings (K, aux depth, tau) the checkpoint was trained with"
+                "method settings (K, aux_depth, pyramid_coeff) the checkpoint was trained with"
             )
         self.aux.load_state_dict(state)
 
 
 def make_step(method: str, model: nn.Module, *, K: int | None = None,
-              depth: int | None = None, tau: float | None = None, num_classes: int,
-              input_size: Sequence[int] | None = None) -> BackpropStep | LocalStep:
+              aux_depth: int | None = None, pyramid_coeff: float | None = None,
+              num_classes: int, input_size: Sequence[int] | None = None
+              ) -> BackpropStep | LocalStep:
     """The training step of ``method`` (bp | auglocal | dgl) for ``model``.
 
-    Shorthand for ``MethodConfig(method, K, depth, tau).build_step(model, ...)``; settings a
-    method does not use must be None.
+    Shorthand for ``MethodConfig(method, K, aux_depth, pyramid_coeff).build_step(model, ...)``;
+    settings a method does not use must be None.
     """
-    config = MethodConfig(method, K, depth, tau)
+    config = MethodConfig(method, K, aux_depth, pyramid_coeff)
     return config.build_step(model, num_classes=num_classes, input_size=input_size)
 
 

@@ -1,9 +1,10 @@
 """The learning-rate schedule of the AugLocal code: linear warm-up from 0.01, then cosine.
 
-The authors set it once per epoch e = 1…E (../shared/auglocal-spec.md §5). We evaluate the
-same curve per iteration at the fractional epoch t = (e − 1) + i/steps ∈ [0, E): with 400
-epochs the two agree to well under one epoch's step, and short CPU runs do not spend their
-whole last epoch at lr = 0 as the per-epoch formula would (it gives 0 at e = E).
+The authors set it once per epoch e = 1…E (``docs/auglocal.md``, section "Optimiser and
+learning-rate schedule", which also compares the two curves). We evaluate the same curve per
+iteration at the fractional epoch t = (e − 1) + i/steps ∈ [0, E): with 400 epochs the two
+agree to well under one epoch's step, and short CPU runs do not spend their whole last epoch
+at lr = 0 as the per-epoch formula would (it gives 0 at e = E).
 """
 
 from __future__ import annotations

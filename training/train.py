@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
@@ -38,7 +37,7 @@ from tqdm import tqdm
 from training import data as datasets
 from training import distributed
 from training.auglocal import aux_plan, render_plan
-from training.checkpoint import (FORMAT, FORMAT_VERSION, arch_config, atomic_torch_save,
+from training.checkpoint import (arch_config, atomic_torch_save, check_resume, checkpoint_dict,
                                  read_checkpoint)
 from training.distributed import SINGLE, World
 from training.local import METHODS, MethodConfig
@@ -52,7 +51,7 @@ class TrainConfig:
     method: str = "bp"                 # bp | auglocal | dgl
     K: int | None = None               # local modules requested (None: one per layer)
     aux_depth: int = 2                 # AugLocal's aux depth d
-    pyramid_coeff: float | None = 0.5  # AugLocal's pyramid coefficient tau (None: constant d)
+    pyramid_coeff: float | None = 0.5  # AugLocal's pyramid coefficient τ (None: constant d)
     arch: str = "resnet20"
     width: int = 16                    # base channels of the first stage
     dataset: str = "fashion-mnist"
@@ -85,12 +84,6 @@ class TrainConfig:
     def warmup(self) -> int:
         return default_warmup_epochs(self.epochs) if self.warmup_epochs is None \
             else self.warmup_epochs
-
-
-# Settings a resumed run must share with the checkpoint it continues.
-RESUME_KEYS = ("method", "K", "aux_depth", "pyramid_coeff", "arch", "width", "dataset",
-               "subset", "subset_seed", "epochs", "warmup_epochs", "batch_size", "lr",
-               "momentum", "weight_decay", "seed")
 
 
 @dataclass(frozen=True)
@@ -201,26 +194,18 @@ def load_data(config: TrainConfig) -> tuple[datasets.ImageSet, datasets.ImageSet
     return train, test
 
 
-def checkpoint_dict(config: TrainConfig, method: MethodConfig, step, optimizer,
+def save_checkpoint(config: TrainConfig, method: MethodConfig, step, optimizer,
                     info: datasets.DatasetInfo, epoch: int, history: list[dict],
-                    cost: dict) -> dict:
+                    cost: dict) -> None:
+    """Write the run's state after ``epoch`` completed epochs to ``config.out``, atomically."""
     model = step.model
-    return {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "arch": arch_config(config.arch, model, info.channels, info.num_classes),
-        "method": method.to_dict(),
-        "dataset": {**info.to_dict(), "subset": config.subset},
-        "state_dict": model.state_dict(),
-        "aux_state_dict": step.aux_state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "layers": list(model.layer_names),
-        "metrics": {"epochs": history, "test_acc": history[-1]["test_acc"] if history else None,
-                    "train_seconds": sum(r["epoch_seconds"] for r in history), **cost},
-        "epoch": epoch, "seed": config.seed,
-        "config": asdict(config),
-        "versions": {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-                     "python": sys.version.split()[0]},
-    }
+    atomic_torch_save(checkpoint_dict(
+        arch=arch_config(config.arch, model, info.channels, info.num_classes),
+        model=model, method=method.to_dict(),
+        dataset={**info.to_dict(), "subset": config.subset},
+        aux_state_dict=step.aux_state_dict(), optimizer=optimizer.state_dict(),
+        history=history, cost=cost, epoch=epoch, seed=config.seed, config=asdict(config),
+    ), config.out)
 
 
 COST_KEYS = ("memory", "macs_per_image")  # the run's cost metrics, measured once per run
@@ -230,18 +215,12 @@ def restore(config: TrainConfig, step, optimizer) -> tuple[int, list[dict], dict
     """Load the checkpoint at ``config.out`` into step and optimiser:
     (epochs done, per-epoch history, the run's cost metrics)."""
     ckpt = read_checkpoint(config.out)
-    saved = ckpt.get("config", {})
-    clashes = [f"--{k.replace('_', '-')} {getattr(config, k)!r} (checkpoint: {saved.get(k)!r})"
-               for k in RESUME_KEYS if saved.get(k) != getattr(config, k)]
-    if clashes:
-        raise ValueError(f"--resume: {config.out} was trained with other settings: "
-                         + "; ".join(clashes) + ". Use the same settings or a new --out.")
+    check_resume(asdict(config), ckpt, config.out)
     step.model.load_state_dict(ckpt["state_dict"])
     step.load_aux_state_dict(ckpt.get("aux_state_dict"))
     optimizer.load_state_dict(ckpt["optimizer"])
     metrics = ckpt["metrics"]
     return ckpt["epoch"], metrics["epochs"], {k: metrics[k] for k in COST_KEYS if k in metrics}
-
 
 
 def run_cost(step, config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -264,7 +243,7 @@ def describe(config: TrainConfig, method: MethodConfig, step, info) -> str:
              f"({info.channels}×{info.image_size}×{info.image_size}), "
              f"method {method.name} ({settings or 'one module'})"]
     if method.name == "auglocal":
-        plan = aux_plan(model.layer_widths, method.K, method.aux_depth, method.tau)
+        plan = aux_plan(model.layer_widths, method.K, method.aux_depth, method.pyramid_coeff)
         lines.append(render_plan(plan, model.layer_widths))
     device = next(model.parameters()).device
     x = torch.zeros(2, info.channels, info.image_size, info.image_size, device=device)
@@ -361,8 +340,8 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
                 if world.launched:
                     record["world_size"] = world.world_size
                 history.append(record)
-                atomic_torch_save(checkpoint_dict(config, method, step, optimizer, info,
-                                                  epoch + 1, history, cost), out)
+                save_checkpoint(config, method, step, optimizer, info, epoch + 1, history,
+                                cost)
                 log.write(json.dumps(record) + "\n")  # after the checkpoint: a resume never
                 log.flush()                              # logs an epoch twice
                 say(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.train_loss:.4f}, "
@@ -382,7 +361,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--aux-depth", type=int, default=defaults.aux_depth,
                    help="AugLocal: blocks per aux net before the pyramid (2)")
     p.add_argument("--pyramid-coeff", type=float, default=defaults.pyramid_coeff,
-                   help="AugLocal: tau of the pyramidal depth schedule (0.5; 0: constant)")
+                   help="AugLocal: pyramid coefficient τ of the pyramidal depth "
+                   "schedule (0.5; 0: constant)")
     p.add_argument("--arch", default=defaults.arch, choices=list(BLOCKS_PER_STAGE))
     p.add_argument("--width", type=int, default=defaults.width,
                    help="base channels (first stage; later stages 2× and 4×)")
