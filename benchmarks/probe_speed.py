@@ -87,15 +87,15 @@ def activation_set(model, names, dataset: str, split: str, n: int, seed: int,
 
 def baseline(train: ActivationSet, test: ActivationSet, name: str) -> tuple[float, float, int]:
     """(test accuracy, chosen C, fits that hit max_iter) of LogisticRegressionCV."""
-    scaler = StandardScaler().fit(train.layers[name])
+    scaler = StandardScaler().fit(train.read(name))
     # l1_ratios, scoring and use_legacy_attributes spelled out as their current defaults
     # only to silence scikit-learn 1.9's FutureWarnings about them
     model = LogisticRegressionCV(l1_ratios=(0.0,), scoring=None, use_legacy_attributes=False)
     with threadpool_limits(1), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        model.fit(scaler.transform(train.layers[name]), train.labels)
+        model.fit(scaler.transform(train.read(name)), train.labels)
     unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-    accuracy = model.score(scaler.transform(test.layers[name]), test.labels)
+    accuracy = model.score(scaler.transform(test.read(name)), test.labels)
     return float(accuracy), float(np.ravel(model.C_)[0]), unconverged
 
 

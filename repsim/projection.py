@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from repsim.streaming import ProbeError, StreamedFeatures
+from repsim.probe.features import ProbeError, StreamedFeatures
 
 __all__ = ["project", "projection_matrix", "projection_memory"]
 
@@ -46,18 +46,19 @@ def projection_matrix(dim: int, match_dim: int, seed: int = 0) -> np.ndarray:
 def project(features: StreamedFeatures, matrix: np.ndarray) -> np.ndarray:
     """features @ matrix (N, d), in one pass over the row blocks of features (N, D).
 
-    matrix (D, d). Each block is multiplied into its rows of the result, so the pass holds
-    one block, the matrix and the result (:func:`projection_memory`). The result has the
-    floating type of a block times the matrix (float32 for float32 files)."""
+    matrix (D, d). N and D come from the source's metadata, so a matrix drawn for another
+    width is refused before any row is read. Each block is multiplied into its rows of the
+    result, so the pass holds one block, the matrix and the result (:func:`projection_memory`).
+    The result has the floating type of a block times the matrix (float32 for float32 files)."""
+    n, width = features.shape
+    if width != len(matrix):
+        raise ProbeError(f"{features.layer!r} ({features.reduction}) has {width} "
+                         f"features here but the projection was drawn for "
+                         f"{len(matrix)}; project the same layer of train and test")
     projected = None
     for start, block in features.blocks():
-        if block.shape[1] != len(matrix):
-            raise ProbeError(f"{features.layer!r} ({features.reduction}) has {block.shape[1]} "
-                             f"features here but the projection was drawn for "
-                             f"{len(matrix)}; project the same layer of train and test")
         if projected is None:
-            projected = np.empty((len(features.source.labels), matrix.shape[1]),
-                                 np.result_type(block, matrix))
+            projected = np.empty((n, matrix.shape[1]), np.result_type(block, matrix))
         np.matmul(block, matrix, out=projected[start:start + len(block)])
     return projected
 

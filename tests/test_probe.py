@@ -1,13 +1,21 @@
 """Linear probes: protocol properties, solver agreement, leakage and every error path."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
-from repsim import probe as probe_module
-from repsim.probe import ActivationSet, LinearProbe, ProbeError, ProbeSettings, probe_layers
+from repsim.probe import (
+    ActivationSet,
+    LinearProbe,
+    ProbeError,
+    ProbeSettings,
+    estimator,
+    probe_layers,
+)
+from repsim.sources import ActivationSource, SourceError
 
 
 def blobs(n_per_class, centres, *, seed, spread=1.0):
@@ -103,7 +111,7 @@ def sklearn_reference(x, y, C):
 @pytest.mark.parametrize("precondition", [True, False])
 def test_solver_matches_sklearn_at_the_same_c(solver, classes, precondition, monkeypatch):
     if not precondition:
-        monkeypatch.setattr(probe_module, "PRECONDITION_MAX_DIM", 0)
+        monkeypatch.setattr(estimator, "PRECONDITION_MAX_DIM", 0)
     x, y = overlapping(1)
     x, y = x[y < classes], y[y < classes]
     reference = sklearn_reference(x, y, C=0.5)
@@ -153,13 +161,13 @@ def test_standardisation_uses_the_train_split_exactly():
 def test_cross_validation_sees_only_train_rows(monkeypatch):
     x, y = overlapping(6)
     seen = []
-    real_path = probe_module._SOLVER_PATHS["torch"]
+    real_path = estimator._SOLVER_PATHS["torch"]
 
     def spy(rows, *args):
         seen.append(rows.z.numpy() * probe.scale_ + probe.mean_)  # back to raw features
         return real_path(rows, *args)
 
-    monkeypatch.setitem(probe_module._SOLVER_PATHS, "torch", spy)
+    monkeypatch.setitem(estimator._SOLVER_PATHS, "torch", spy)
     probe = LinearProbe(solver="torch", dtype="float64", cv=3)
     probe.fit(x, y)
     assert [len(rows) for rows in seen] == [160, 160, 160, 240]  # 3 folds of 2/3, then refit
@@ -222,27 +230,88 @@ def test_probe_layers_gives_one_documented_row_per_layer_in_order():
                                         "solver"]
 
 
+def test_to_frame_has_one_row_per_layer_with_the_records_and_the_protocol():
+    table = probe_layers(layered(0), layered(1), Cs=(0.1, 1.0), cv=4, solver="sklearn",
+                         dtype="float64", random_state=3)
+    frame = table.to_frame()
+    records = table.records()
+    assert list(frame.columns) == list(records[0]) + [
+        "reduction", "match_dim", "match_seed", "cv", "Cs", "solver_setting", "dtype",
+        "random_state"]
+    assert frame[list(records[0])].to_dict("records") == records
+    assert len(frame) == 3 and frame["layer"].tolist() == ["stem", "block1", "block2"]
+    protocol = frame.drop(columns=list(records[0])).drop_duplicates()
+    assert len(protocol) == 1
+    assert protocol.drop(columns="match_dim").iloc[0].to_dict() == {
+        "reduction": "gap", "match_seed": 0, "cv": 4, "Cs": "0.1,1.0",
+        "solver_setting": "sklearn", "dtype": "float64", "random_state": 3}
+    assert frame["match_dim"].dtype == "Int64" and frame["match_dim"].isna().all()
+    assert [float(c) for c in frame["Cs"][0].split(",")] == list(table.settings.Cs)
+
+
+def test_frames_of_several_tables_concatenate_and_group():
+    train, test = layered(0), layered(1)
+    plain = probe_layers(train, test, Cs=(1.0,))
+    matched = probe_layers(train, test, Cs=(1.0,), match_dim=8, match_seed=2)
+    both = pd.concat([plain.to_frame(), matched.to_frame()], ignore_index=True)
+    assert len(both) == 6 and both["match_dim"].dtype == "Int64"
+    by_match = both.groupby("match_dim", dropna=False)["probe_dim"].apply(list).to_dict()
+    assert by_match[8] == [7, 8, 8]
+    assert [value for key, value in by_match.items() if pd.isna(key)] == [[7, 9, 11]]
+    by_layer = both.groupby("layer", sort=False)["test_acc"].mean()
+    for layer in ("stem", "block1", "block2"):
+        accs = [row.test_acc for table in (plain, matched) for row in table
+                if row.layer == layer]
+        assert by_layer[layer] == pytest.approx(np.mean(accs))
+
+
+def test_to_frame_of_an_empty_table_keeps_the_columns():
+    table = probe_layers(layered(0), layered(1), Cs=(1.0,))
+    empty = type(table)((), table.reduction, table.settings)
+    assert list(empty.to_frame().columns) == list(table.to_frame().columns)
+    assert len(empty.to_frame()) == 0
+
+
 def test_probe_layers_takes_a_subset_and_keeps_file_depths():
     table = probe_layers(layered(0), layered(1), layers=["block2", "stem"], Cs=(1.0,))
     assert [(row.layer, row.depth) for row in table] == [("block2", 2), ("stem", 0)]
     assert table.settings.Cs == (1.0,)
 
 
-def test_probe_layers_reads_through_the_activation_file_interface():
-    class FakeFile:  # what repsim.store.ActivationFile offers
+def test_probe_layers_reads_any_activation_source():
+    class FakeFile:  # the ActivationSource protocol, implemented from scratch
         def __init__(self, data, split):
-            self.layers, self.labels = list(data["layers"]), data["labels"]
-            self.indices, self.meta = np.arange(len(self.labels)), {"split": split}
+            self.layers, self.reductions = list(data["layers"]), ["pool2"]
+            self.labels, self.n = data["labels"], len(data["labels"])
+            self.indices, self.meta = np.arange(self.n), {"split": split}
             self.data, self.reads = data["layers"], []
+
+        def shape(self, layer, reduction):
+            return self.data[layer].shape
+
+        def original_shape(self, layer):
+            return self.data[layer].shape[1:]
 
         def read(self, layer, reduction, rows=None):
             self.reads.append((layer, reduction))
-            return self.data[layer].astype(np.float32)
+            return self.data[layer][rows or slice(None)].astype(np.float32)
+
+        def iter_blocks(self, layer, reduction, block_rows):
+            return (self.read(layer, reduction, slice(s, s + block_rows))
+                    for s in range(0, self.n, block_rows))
 
     train, test = FakeFile(layered(0), "train"), FakeFile(layered(1), "test")
+    assert isinstance(train, ActivationSource)
     table = probe_layers(train, test, reduction="pool2", layers=["block1"])
     assert train.reads == test.reads == [("block1", "pool2")]
     assert table.rows[0].test_acc > 0.8
+
+
+def test_the_dict_form_and_an_activation_set_give_the_same_table():
+    train, test = layered(0), layered(1)
+    as_dicts = probe_layers(train, test, Cs=(0.1, 1.0))
+    as_sets = probe_layers(ActivationSet(**train), ActivationSet(**test), Cs=(0.1, 1.0))
+    assert as_dicts == as_sets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,17 +395,31 @@ def test_the_same_rows_as_train_and_test_are_refused():
     (lambda tr, te: probe_layers(tr, te, layers=["head"]),
      r"layer\(s\) \['head'\] are not in the train set"),
     (lambda tr, te: probe_layers(tr, te, layers=[]), "no layers to probe"),
-    (lambda tr, te: probe_layers(tr, te, reduction="flatten"),
-     "'gap' features, not 'flatten'; pass reduction='gap'"),
     (lambda tr, te: probe_layers({**tr, "labels": np.zeros(120, int)}, te),
      r"at least 2 classes"),
     (lambda tr, te: probe_layers(tr, te, cv=50), "needs at least 50 train samples per class"),
     (lambda tr, te: probe_layers({**tr, "acts": 1}, te), "needs keys 'layers' and 'labels'"),
     (lambda tr, te: probe_layers([tr], te), "must be an ActivationFile"),
+    (lambda tr, te: probe_layers(tr, ActivationSet(te["layers"])),
+     "the test set has no labels, and a probe needs the class of every row"),
 ])
 def test_bad_probe_layers_calls_are_refused(call, match):
     with pytest.raises(ProbeError, match=match):
         call(layered(0), layered(1))
+
+
+def test_a_reduction_the_in_memory_set_lacks_is_refused():
+    with pytest.raises((ProbeError, SourceError),
+                       match="'gap' features, not 'flatten'; pass reduction='gap'"):
+        probe_layers(layered(0), layered(1), reduction="flatten")
+
+
+def test_a_dict_whose_layers_have_different_row_counts_is_refused():
+    data = layered(0)
+    data["layers"]["stem"] = data["layers"]["stem"][:-1]
+    with pytest.raises((ProbeError, SourceError), match="the train set have different row "
+                                                        "counts"):
+        probe_layers(data, layered(1))
 
 
 def test_activation_set_reads_like_a_file():

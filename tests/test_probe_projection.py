@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from repsim import probe as probe_module
+from repsim import projection as projection_module
 from repsim.probe import (
     ActivationSet,
     LinearProbe,
@@ -40,13 +40,13 @@ def layered(seed, widths=(30, 12, 8), n_per_class=50):
 def recorded_projections(monkeypatch):
     """Every (layer, matrix) that probe_layers projects, in order."""
     calls = []
-    real = probe_module.project
+    real = projection_module.project
 
     def spy(features, matrix):
         calls.append((features.layer, matrix))
         return real(features, matrix)
 
-    monkeypatch.setattr(probe_module, "project", spy)
+    monkeypatch.setattr(projection_module, "project", spy)
     return calls
 
 
@@ -147,11 +147,11 @@ def test_streamed_projection_gives_the_in_memory_table(wide_files, read_sizes):
     with ActivationFile(wide_files["train"]) as train, \
             ActivationFile(wide_files["test"]) as test:
         whole = probe_layers(train, test, **settings)
-        assert reads == [1, 270] * 2  # each split: its width, then whole
+        assert reads == [270] * 2  # each split read whole, once: the width is metadata
         reads.clear()
         blocks = probe_layers(train, test, max_memory=budget, **settings)
-    # one pass over each file in blocks of at most 92 rows, after the width's one-row read
-    assert reads == [1, 92, 92, 86] * 2
+    # one pass over each file in blocks of at most 92 rows, and nothing else read
+    assert reads == [92, 92, 86] * 2
     (a,), (b,) = whole.rows, blocks.rows
     assert (a.dim, a.probe_dim) == (b.dim, b.probe_dim) == (200, 4)
     assert (a.C, a.solver) == (b.C, b.solver)

@@ -1,4 +1,4 @@
-"""Linear probes: how linearly separable each layer's representation is (Alain & Bengio 2016).
+"""The linear probe estimator (Alain & Bengio 2016): :class:`LinearProbe` and its settings.
 
 The protocol is the same for every model and layer:
 
@@ -24,49 +24,38 @@ Solvers (the minimiser is the same; they differ in speed):
   tenfold. Above :data:`PRECONDITION_MAX_DIM` features the D×D eigendecomposition costs more
   than it saves and P = I. Its stopping test (largest gradient component below ``tol``) applies
   to the gradient with respect to (V, b). The objective and its closed-form gradient are
-  summed over row blocks, so the features may also stream from a file
-  (:class:`StreamedFeatures`, ``probe_layers(max_memory=...)``): each evaluation then reads
-  the file again, one block at a time, and :func:`probe_memory` bounds what is held.
+  summed over row blocks, so the features may also stream from a source
+  (:class:`repsim.probe.StreamedFeatures`, ``probe_layers(max_memory=...)``): each evaluation
+  then reads the source again, one block at a time, and :func:`repsim.probe.probe_memory`
+  bounds what is held.
 
 ``solver="auto"`` uses torch when the feature dimension exceeds ``torch_threshold``; the default
 threshold 0 means always, because the preconditioned path was faster at every dimension we
 measured (D = 16 … 64, n = 6,667). Fits run with ``threads`` CPU threads (default 1, see
 :func:`_cpu_threads`); the previous thread settings are restored afterwards.
-
-Dimension matching: a wider layer is more separable for its width alone.
-``probe_layers(match_dim=d, match_seed=s)`` probes every layer of D > d features on x @ R, R
-(D, d) the seeded Gaussian matrix of :func:`repsim.projection.projection_matrix` (the same for
-train and test, every model and every run); narrower layers are probed as they are. R
-multiplies the raw features, whose distances it keeps (Johnson–Lindenstrauss); the probe then
-standardises the projected ones as any others. A projected layer is read in one pass of row
-blocks (within ``max_memory`` when given, see :func:`projection_block_rows`) into an (N, d)
-array that is probed in memory.
-
-Chance level, as reported by :func:`probe_layers`: the test accuracy of always predicting the
-most frequent train class (ties: the smallest label). It is what a probe that learnt nothing
-but the train class frequencies scores, and it differs from 1/K on unbalanced splits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import check_is_fitted
 from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from repsim.projection import check_match, project, projection_matrix, projection_memory
-from repsim.streaming import (
+from repsim.probe.features import (
     MemoryRows,
     ProbeError,
     StreamedFeatures,
@@ -77,19 +66,7 @@ from repsim.streaming import (
     standardise,
 )
 
-__all__ = [
-    "ActivationSet",
-    "LinearProbe",
-    "ProbeError",
-    "ProbeRow",
-    "ProbeSettings",
-    "ProbeTable",
-    "StreamedFeatures",
-    "probe_block_rows",
-    "projection_block_rows",
-    "probe_layers",
-    "probe_memory",
-]
+__all__ = ["DEFAULT_CS", "LinearProbe", "ProbeSettings"]
 
 Solver = Literal["auto", "sklearn", "torch"]
 
@@ -98,7 +75,6 @@ PRECONDITION_MAX_DIM = 4096  # features; eigh of a D×D matrix is O(D³)
 # Scale of the softmax loss's curvature in the preconditioner; any c > 0 gives the same
 # minimiser. 0.5 needed the fewest iterations among 0.04 … 2 on ResNet-32 GAP features.
 CURVATURE = 0.5
-GAP = "gap"  # the default reduction for probes
 
 
 @dataclass(frozen=True)
@@ -167,12 +143,17 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     Parameters are those of :class:`ProbeSettings`. Fitted attributes:
 
-    * ``mean_``, ``scale_`` (D,) float64: the train standardisation (scale 1 where constant);
+    * ``n_features_in_`` (D); ``mean_``, ``scale_`` (D,) float64: the train standardisation
+      (scale 1 where constant);
     * ``classes_`` (K,): the train labels, sorted;
     * ``cv_scores_`` (cv, len(Cs)): validation accuracy per fold and C;
     * ``C_``: the chosen C; ``coef_`` (K', D) float64 and ``intercept_`` (K',) of the refit on
       standardised features (K' = 1 for two classes, else K);
     * ``solver_`` ("sklearn" | "torch"), ``n_iter_``: L-BFGS iterations of the refit.
+
+    It follows scikit-learn's estimator contract (``sklearn.utils.estimator_checks``; the
+    checks it does not meet, and why, are listed in ``tests/test_probe_sklearn.py``), so it
+    works in pipelines, ``clone`` and model selection.
 
     >>> probe = LinearProbe().fit(x_train, y_train)     # doctest: +SKIP
     >>> probe.score(x_test, y_test), probe.C_           # doctest: +SKIP
@@ -202,6 +183,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         x, y = _check_xy(X, y)
         _check_labels(y, settings.cv)
         self.classes_, codes = np.unique(y, return_inverse=True)
+        self.n_features_in_ = int(x.shape[1])
         streamed = isinstance(x, StreamedFeatures)
         self.mean_, self.scale_ = column_moments(
             x.blocks if streamed else lambda: array_blocks(x))
@@ -219,12 +201,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Logits (n, K') of X (n, D); for two classes (n,), positive for ``classes_[1]``."""
+        check_is_fitted(self)
         scores = np.concatenate([_scores(z, self.coef_, self.intercept_).numpy()
                                  for z in self._standardised_blocks(X)])
         return scores[:, 0] if scores.shape[1] == 1 else scores
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels (n,) of X (n, D) (an array or :class:`StreamedFeatures`)."""
+        check_is_fitted(self)
         fit = _Fit(self.coef_, self.intercept_, 0)
         codes = [_predict_codes(z, fit).numpy() for z in self._standardised_blocks(X)]
         return self.classes_[np.concatenate(codes)]
@@ -258,7 +242,15 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
 def _check_features(X: Any, dim: int | None = None) -> np.ndarray:
     """X as a finite (n, D) float array; D must equal ``dim`` when given."""
+    if sparse.issparse(X):
+        raise ProbeError(f"sparse features ({type(X).__name__}) are not supported; pass a "
+                         "dense array, e.g. X.toarray()")
     x = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X)
+    if x.dtype == object:
+        x = _object_as_float(x)
+    if np.iscomplexobj(x):
+        raise ProbeError(f"Complex data not supported: features of dtype {x.dtype}; pass real "
+                         "activations (e.g. their magnitude np.abs(x))")
     if not np.issubdtype(x.dtype, np.number):
         raise ProbeError(f"features must be numbers, got dtype {x.dtype}; pass the layer's "
                          "activations as a float array")
@@ -271,16 +263,39 @@ def _check_features(X: Any, dim: int | None = None) -> np.ndarray:
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
 
+def _object_as_float(x: np.ndarray) -> np.ndarray:
+    """An object array of numbers as float64; anything else is refused (a TypeError for
+    objects that are not numbers or strings, as ``float()`` raises)."""
+    try:
+        return x.astype(np.float64)
+    except TypeError as err:
+        raise TypeError(f"features of dtype object must hold numbers: {err}; pass the "
+                        "layer's activations as a float array") from err
+    except ValueError as err:
+        raise ProbeError(f"features of dtype object must hold numbers: {err}; pass the "
+                         "layer's activations as a float array") from err
+
+
 def _check_width(width: int, dim: int) -> None:
     if width != dim:
-        raise ProbeError(f"features have {width} columns but the probe was fitted on "
-                         f"{dim}; pass features of the same layer and reduction")
+        raise ProbeError(f"features have {width} columns but the probe was fitted on {dim} "
+                         f"(X has {width} features, but LinearProbe is expecting {dim} "
+                         "features as input); pass features of the same layer and reduction")
 
 
 def _check_xy(X: Any, y: Any) -> tuple[np.ndarray | StreamedFeatures, np.ndarray]:
-    """Features (an array, or streamed ones as they are) and labels (n,) of the same n."""
+    """Features (an array, or streamed ones as they are) and labels (n,) of the same n; a
+    column vector y (n, 1) is taken as (n,) with a warning, as scikit-learn does."""
+    if y is None:
+        raise ProbeError("LinearProbe requires y to be passed, but the target y is None; "
+                         "pass the label of every row of X")
     x = X if isinstance(X, StreamedFeatures) else _check_features(X)
     labels = np.asarray(y)
+    if labels.shape == (x.shape[0], 1):
+        warnings.warn("A column-vector y was passed when a 1d array was expected; pass "
+                      "labels of shape (n_samples,), e.g. with y.ravel()",
+                      DataConversionWarning, stacklevel=3)
+        labels = labels.ravel()
     if labels.shape != (x.shape[0],):
         raise ProbeError(f"labels must have shape ({x.shape[0]},) to match the features, got "
                          f"{labels.shape}")
@@ -288,10 +303,20 @@ def _check_xy(X: Any, y: Any) -> tuple[np.ndarray | StreamedFeatures, np.ndarray
 
 
 def _check_labels(y: np.ndarray, cv: int) -> None:
-    """Refuse labels (n,) with under 2 classes or a class with fewer rows than ``cv`` folds."""
+    """Refuse labels (n,) that are not finite classes, with under 2 classes, or with a class
+    of fewer rows than ``cv`` folds."""
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y)):
+        raise ProbeError(f"labels contain {np.size(y) - np.isfinite(y).sum()} NaN or infinite "
+                         "values; pass the class label of every row")
+    if np.issubdtype(y.dtype, np.floating) and type_of_target(y) == "continuous":
+        example = float(y[y != np.round(y)][0])
+        raise ProbeError(f"labels must be classes, got continuous values (e.g. {example:g}): a "
+                         "probe classifies; pass integer or string class labels")
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
-        raise ProbeError(f"need at least 2 classes to probe, got only {classes.tolist()}")
+        count = "no rows" if len(classes) == 0 else "1 class"
+        raise ProbeError(f"need at least 2 classes to probe, got only {classes.tolist()} "
+                         f"({count})")
     rare = counts < cv
     if rare.any():
         raise ProbeError(
@@ -497,295 +522,3 @@ def _cpu_threads(n: int | None):
             yield
     finally:
         torch.set_num_threads(before)
-
-
-# ---------------------------------------------------------------------------------------------
-# Probing every layer of a train and a test activation set
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActivationSet:
-    """In-memory activations with the reading interface of :class:`repsim.store.ActivationFile`.
-
-    ``layers`` maps layer names (in depth order) to (N, D) arrays of one ``reduction``;
-    ``labels`` (N,); ``indices`` (N,) dataset indices or None; ``meta`` e.g. dataset, split.
-    """
-
-    layers: Mapping[str, Any]
-    labels: Any
-    meta: Mapping[str, Any] = field(default_factory=dict)
-    indices: Any = None
-    reduction: str = GAP
-
-    def read(self, layer: str, reduction: str, rows: slice | None = None) -> np.ndarray:
-        """(N, D) activations of ``layer``; ``reduction`` must be the set's own."""
-        if reduction != self.reduction:
-            raise ProbeError(f"these in-memory activations are {self.reduction!r} features, "
-                             f"not {reduction!r}; pass reduction={self.reduction!r}")
-        return np.asarray(self.layers[layer])[rows if rows is not None else slice(None)]
-
-
-@dataclass(frozen=True)
-class ProbeRow:
-    """The probe of one layer."""
-
-    layer: str
-    depth: int            # position of the layer in the train file's layer order
-    rel_depth: float      # depth / (L − 1), L layers in the file (0 when L = 1)
-    dim: int              # the layer's feature dimension D
-    probe_dim: int        # features probed: match_dim for a randomly projected layer, else D
-    C: float              # chosen inverse L2 strength
-    train_acc: float      # accuracy of the refit on the train split
-    test_acc: float
-    chance: float         # test accuracy of always predicting the most frequent train class
-    n_train: int
-    n_test: int
-    solver: str           # "sklearn" | "torch"
-
-
-@dataclass(frozen=True)
-class ProbeTable:
-    """One :class:`ProbeRow` per probed layer, in depth order, with the protocol used."""
-
-    rows: tuple[ProbeRow, ...]
-    reduction: str
-    settings: ProbeSettings
-    match_dim: int | None = None  # features of the random projection of wider layers; None: off
-    match_seed: int = 0           # seed of that projection
-
-    def records(self) -> list[dict]:
-        """The rows as dicts (e.g. for ``csv.DictWriter`` or ``pandas.DataFrame``)."""
-        return [asdict(row) for row in self.rows]
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
-                 layers: Sequence[str] | None = None, progress: bool = False,
-                 max_memory: int | None = None, match_dim: int | None = None,
-                 match_seed: int = 0, **probe_kwargs: Any) -> ProbeTable:
-    """Probe every layer (or ``layers``) of a train and a test activation set.
-
-    ``train``/``test``: :class:`repsim.store.ActivationFile`, :class:`ActivationSet`, or a dict
-    ``{"layers": {name: (N, D)}, "labels": (N,), "meta": {...}, "indices": (N,)}``.
-    ``max_memory`` (bytes): stream each layer that does not fit this budget from the sets in
-    row blocks as large as :func:`probe_memory` allows (for files larger than memory; the
-    torch solver is used); a layer that fits is read whole. ``match_dim``: probe every layer
-    of more than match_dim features on its seeded random projection to match_dim features
-    (:mod:`repsim.projection`, seed ``match_seed``), so layers of different widths are
-    compared at one dimension. ``probe_kwargs`` go to :class:`LinearProbe`. Refuses sets of
-    different datasets, test classes the train split lacks, missing layers, and the same rows
-    used as train and test.
-    """
-    train, test = _as_source(train, "train"), _as_source(test, "test")
-    settings = ProbeSettings(**probe_kwargs)
-    if match_dim is not None:
-        check_match(match_dim, match_seed)
-    names = _check_pair(train, test, layers, settings.cv)
-    y_train, y_test = np.asarray(train.labels), np.asarray(test.labels)
-    chance = float(np.mean(y_test == _most_frequent(y_train)))
-    order = list(train.layers)
-    rows = []
-    reader = _LayerReader(reduction, max_memory, len(np.unique(y_train)), settings.dtype,
-                          match_dim, match_seed)
-    for name in tqdm(names, desc="probing layers", disable=not progress):
-        x_train, dim = reader.read(train, name)
-        probe = LinearProbe(**asdict(settings)).fit(x_train, y_train)
-        probe_dim, train_acc = x_train.shape[1], float(probe.score(x_train, y_train))
-        del x_train  # the test split is read once the train split is let go (max_memory)
-        x_test, test_dim = reader.read(test, name)
-        if test_dim != dim:
-            raise ProbeError(f"layer {name!r} has {dim} features in the train set but "
-                             f"{test_dim} in the test set; extract both splits from the same "
-                             "model with the same reduction")
-        depth = order.index(name)
-        rows.append(ProbeRow(
-            layer=name, depth=depth, rel_depth=depth / max(len(order) - 1, 1), dim=dim,
-            probe_dim=probe_dim, C=probe.C_, train_acc=train_acc,
-            test_acc=float(probe.score(x_test, y_test)), chance=chance, n_train=len(y_train),
-            n_test=len(y_test), solver=probe.solver_,
-        ))
-    return ProbeTable(tuple(rows), reduction, settings, match_dim, match_seed)
-
-
-# ---------------------------------------------------------------------------------------------
-# The memory rule of a streamed fit
-# ---------------------------------------------------------------------------------------------
-
-
-def probe_memory(dim: int, n: int, n_classes: int, block_rows: int,
-                 dtype: str = "float32") -> int:
-    """Bytes the arrays of a streamed probe fit of n rows × dim features take at most (not
-    counted: the interpreter and libraries, freed blocks the allocator keeps, and what the
-    caller holds; measured, RSS grew by about 1.4× this; give ``max_memory`` half of what may
-    be used).
-
-    * per row of a block: the block read, 4·D (float32), its finiteness mask, 1·D, the kept
-      rows' copy, 4·D, and the standardised rows with their temporary, 8·D (float64 during
-      :func:`column_moments`, the same bytes); float64 fits add the solver's copy, 8·D;
-      logits and their gradient, 3·K'·8;
-    * per row of the file: labels, codes, fold indices and masks, 64 bytes;
-    * per feature: Σ, its eigenvectors, the preconditioner and its inverse, 5·D²·s (s the
-      solver's bytes per number; none above :data:`PRECONDITION_MAX_DIM` features), and the
-      weights, gradients and L-BFGS's 10 pairs of history, 26·D·K'·s.
-    """
-    outputs = 1 if n_classes == 2 else n_classes
-    size = 8 if dtype == "float64" else 4
-    per_block_row = (17 if size == 4 else 25) * dim + 24 * outputs
-    preconditioner = 5 * dim * dim * size if dim <= PRECONDITION_MAX_DIM else 0
-    return block_rows * per_block_row + 64 * n + preconditioner + 26 * dim * outputs * size
-
-
-def probe_block_rows(dim: int, n: int, n_classes: int, max_memory: int,
-                     dtype: str = "float32") -> int:
-    """The largest block (≤ n rows) whose :func:`probe_memory` fits in ``max_memory`` bytes."""
-    rows = _largest_block(lambda b: probe_memory(dim, n, n_classes, b, dtype), n, max_memory)
-    if rows < 1:
-        need = probe_memory(dim, n, n_classes, 1, dtype) / 2**20
-        held = (f"the {dim}×{dim} preconditioner and per-row labels"
-                if dim <= PRECONDITION_MAX_DIM else "per-row labels, folds and the weights")
-        raise ProbeError(f"max_memory={max_memory / 2**20:.3g} MiB cannot hold a probe of "
-                         f"{dim} features and {n} rows (at least {need:.1f} MiB: {held}); "
-                         "raise max_memory or probe a smaller reduction (e.g. gap or pool2)")
-    return int(rows)
-
-
-def projection_block_rows(dim: int, match_dim: int, n: int, n_classes: int, max_memory: int,
-                          dtype: str = "float32") -> int:
-    """The largest block (≤ n rows) whose one-pass projection of n rows, dim → match_dim
-    features (:func:`repsim.projection.projection_memory`), fits in ``max_memory`` bytes.
-
-    The projected (n, match_dim) features are then probed in memory, which must fit too
-    (:func:`probe_memory` with one block of n rows); a budget that cannot hold both is refused.
-    """
-    rows = _largest_block(lambda b: projection_memory(dim, match_dim, n, b), n, max_memory)
-    fit = probe_memory(match_dim, n, n_classes, n, dtype)
-    if rows < 1 or fit > max_memory:
-        need = max(projection_memory(dim, match_dim, n, 1), fit) / 2**20
-        raise ProbeError(f"max_memory={max_memory / 2**20:.3g} MiB cannot hold the random "
-                         f"projection of {dim} features to match_dim={match_dim} for {n} rows "
-                         f"and the in-memory probe of it (at least {need:.1f} MiB: the "
-                         f"{dim}×{match_dim} float32 matrix, the projected rows and the probe); "
-                         "raise max_memory or lower match_dim")
-    return int(rows)
-
-
-def _largest_block(memory: Callable[[int], int], n: int, max_memory: Any) -> int:
-    """The largest b ≤ n with memory(b) ≤ max_memory, for a memory rule linear in the block
-    rows b; 0 when not even b = 1 fits."""
-    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) \
-            or max_memory <= 0:
-        raise ProbeError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-    fixed = memory(0)
-    return int(max(0, min(n, (max_memory - fixed) // (memory(1) - fixed))))
-
-
-@dataclass(frozen=True)
-class _LayerReader:
-    """How :func:`probe_layers` reads a layer's features: whole, streamed or projected."""
-
-    reduction: str
-    max_memory: int | None  # bytes; None: read every layer whole
-    n_classes: int
-    dtype: str              # of the probe's fits
-    match_dim: int | None   # project layers wider than this; None: never
-    match_seed: int
-
-    def read(self, source: Any, layer: str) -> tuple[Any, int]:
-        """The (N, D') features of ``layer`` as probed (an array or :class:`StreamedFeatures`)
-        and the layer's own width D.
-
-        A layer that fits the budget in one block is read whole, so it is read once rather
-        than at every evaluation of the objective (the in-memory fit holds about 12·D bytes
-        per row, less than the rule's 17·D)."""
-        if self.match_dim is None and self.max_memory is None:
-            x = source.read(layer, self.reduction)
-            return x, feature_width(x)
-        n, width = StreamedFeatures(source, layer, self.reduction, 1).shape
-        if self.match_dim is not None and width > self.match_dim:
-            return self._projected(source, layer, n, width), width
-        block_rows = n if self.max_memory is None else probe_block_rows(
-            width, n, self.n_classes, self.max_memory, self.dtype)
-        if block_rows >= n:
-            return source.read(layer, self.reduction), width
-        return StreamedFeatures(source, layer, self.reduction, block_rows), width
-
-    def _projected(self, source: Any, layer: str, n: int, width: int) -> np.ndarray:
-        """x @ R (N, match_dim) of one layer, read in row blocks that fit ``max_memory`` (one
-        block of all N rows without it). R depends only on (D, match_dim, match_seed), so the
-        train and test splits are projected alike although R is drawn again for each."""
-        matrix = projection_matrix(width, self.match_dim, self.match_seed)
-        block_rows = n if self.max_memory is None else projection_block_rows(
-            width, self.match_dim, n, self.n_classes, self.max_memory, self.dtype)
-        return project(StreamedFeatures(source, layer, self.reduction, block_rows), matrix)
-
-
-def _as_source(source: Any, role: str) -> Any:
-    """An object with ``layers``, ``labels``, ``indices``, ``meta`` and ``read``."""
-    if isinstance(source, Mapping):
-        unknown = set(source) - {"layers", "labels", "meta", "indices", "reduction"}
-        if unknown or not {"layers", "labels"} <= set(source):
-            raise ProbeError(f"the {role} dict needs keys 'layers' and 'labels' (optional: "
-                             f"'meta', 'indices', 'reduction'), got {sorted(source)}")
-        return ActivationSet(**source)
-    if not all(hasattr(source, a) for a in ("layers", "labels", "meta", "read")):
-        raise ProbeError(f"the {role} set must be an ActivationFile, an ActivationSet or a "
-                         f"dict of layers and labels, got {type(source).__name__}")
-    return source
-
-
-def _check_pair(train: Any, test: Any, layers: Sequence[str] | None, cv: int) -> list[str]:
-    """The layer names to probe, after checking that train and test belong together."""
-    meta_train, meta_test = dict(train.meta), dict(test.meta)
-    if "dataset" in meta_train and "dataset" in meta_test \
-            and meta_train["dataset"] != meta_test["dataset"]:
-        raise ProbeError(f"train is from dataset {meta_train['dataset']!r} but test from "
-                         f"{meta_test['dataset']!r}; probe two splits of one dataset")
-    _check_disjoint(train, test, meta_train.get("split"), meta_test.get("split"))
-    y_train, y_test = np.asarray(train.labels), np.asarray(test.labels)
-    _check_labels(y_train, cv)
-    unseen = np.setdiff1d(y_test, y_train)
-    if unseen.size:
-        raise ProbeError(f"test labels {unseen.tolist()} never occur in the train split "
-                         f"(train classes {np.unique(y_train).tolist()}); the label sets must "
-                         "match: were the files made from different datasets or label maps?")
-    names = list(train.layers) if layers is None else list(layers)
-    if not names:
-        raise ProbeError("no layers to probe: layers is empty")
-    for role, source in (("train", train), ("test", test)):
-        missing = [name for name in names if name not in source.layers]
-        if missing:
-            raise ProbeError(f"layer(s) {missing} are not in the {role} set, which has "
-                             f"{list(source.layers)}; extract them or pass layers=[...]")
-    return names
-
-
-def _check_disjoint(train: Any, test: Any, split_train: Any, split_test: Any) -> None:
-    """Refuse train and test that are the same rows of the same split.
-
-    Files of different splits (e.g. "train" and "test") may share dataset indices, which
-    count from 0 in each split; files of the same or unknown split must not share any.
-    """
-    same_split = split_train is not None and split_train == split_test
-    idx_train, idx_test = getattr(train, "indices", None), getattr(test, "indices", None)
-    if same_split and (idx_train is None or idx_test is None):
-        raise ProbeError(f"train and test are both split {split_train!r} and have no dataset "
-                         "indices to show they are disjoint; pass the train split as train")
-    if (same_split or split_train is None or split_test is None) \
-            and idx_train is not None and idx_test is not None:
-        shared = np.intersect1d(idx_train, idx_test)
-        if shared.size:
-            raise ProbeError(f"train and test share {shared.size} rows (dataset indices "
-                             f"{shared[:5].tolist()}…) of split {split_train!r}; the test "
-                             "accuracy would be a train accuracy: pass disjoint splits")
-
-
-def _most_frequent(y: np.ndarray) -> Any:
-    """The most frequent label of y (n,); ties go to the smallest label."""
-    classes, counts = np.unique(y, return_counts=True)
-    return classes[np.argmax(counts)]

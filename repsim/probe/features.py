@@ -1,13 +1,14 @@
-"""Feature matrices for the linear probe, in memory or streamed from a file in row blocks.
+"""Feature matrices for the linear probe, in memory or streamed from a source in row blocks.
 
 A probe of a layer whose train features do not fit in memory reads them from the activation
-file in blocks of rows, again for every evaluation of the objective: only one block, the
+source in blocks of rows, again for every evaluation of the objective: only one block, the
 D × D preconditioner and a few vectors per row are held at a time
 (:func:`repsim.probe.probe_memory`).
 
 * :class:`StreamedFeatures` (public) names the (N, D) matrix of one layer and reduction of an
-  activation file (or any object with its ``read(layer, reduction, rows)``) and the block size;
-  :class:`repsim.probe.LinearProbe` fits, predicts and scores it like an array.
+  activation source (:class:`repsim.sources.ActivationSource`: an activation file, in-memory
+  arrays, …) and the block size; :class:`repsim.probe.LinearProbe` fits, predicts and scores
+  it like an array.
 * :func:`column_moments` gives the standardisation of such a matrix in two passes.
 * :class:`MemoryRows` and :class:`StreamedRows` are what the torch solver iterates over:
   standardised blocks (b, D) on the solver's device with their class codes (b,).
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-__all__ = ["StreamedFeatures", "column_moments"]
+if TYPE_CHECKING:
+    from repsim.sources import ActivationSource
+
+__all__ = ["ProbeError", "StreamedFeatures", "column_moments", "feature_width"]
 
 # Rows per block when an in-memory matrix is reduced column-wise (the standardisation):
 # bounds the float64 temporaries to 8·ROW_BLOCK·D bytes, whatever N is.
@@ -39,8 +43,8 @@ class ProbeError(ValueError):
 class StreamedFeatures:
     """The (N, D) features of ``layer`` under ``reduction`` in ``source``, read in row blocks.
 
-    ``source``: a :class:`repsim.store.ActivationFile`, a :class:`repsim.probe.ActivationSet`
-    or anything with ``labels`` (N,) and ``read(layer, reduction, rows: slice)``.
+    ``source``: a :class:`repsim.sources.ActivationSource` (e.g. a
+    :class:`repsim.store.ActivationFile` or a :class:`repsim.sources.ActivationSet`).
     ``block_rows``: rows read at a time; :func:`repsim.probe.probe_block_rows` picks it from
     a memory budget.
 
@@ -48,7 +52,7 @@ class StreamedFeatures:
     ...                           train.labels)                          # doctest: +SKIP
     """
 
-    source: Any
+    source: ActivationSource
     layer: str
     reduction: str
     block_rows: int
@@ -61,25 +65,31 @@ class StreamedFeatures:
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(N, D), read from the source's labels and first row."""
-        first = self.source.read(self.layer, self.reduction, slice(0, 1))
-        return len(self.source.labels), feature_width(first, f"{self.layer!r} ({self.reduction})")
+        """(N, D), from the source's metadata (``n`` and ``shape``); no row is read."""
+        width = feature_width(tuple(self.source.shape(self.layer, self.reduction)),
+                              f"{self.layer!r} ({self.reduction})")
+        return int(self.source.n), width
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, (≤ block_rows, D) float array) for consecutive blocks covering all rows."""
-        for start in range(0, len(self.source.labels), self.block_rows):
-            block = np.asarray(self.source.read(self.layer, self.reduction,
-                                                slice(start, start + self.block_rows)))
+        """(first row, (≤ block_rows, D) float array) for consecutive blocks covering all rows,
+        read with the source's ``iter_blocks``."""
+        start = 0
+        for block in self.source.iter_blocks(self.layer, self.reduction, self.block_rows):
+            block = np.asarray(block)
             _check_finite(block, start, self)
             yield start, block
+            start += len(block)
 
 
 def feature_width(x: Any, what: str = "features") -> int:
-    """D of an (n, D) array; anything else is refused with the fix."""
-    shape = np.shape(x)
+    """D of an (n, D) array ``x``, or of the array a source describes when ``x`` is its shape
+    (a tuple, e.g. ``source.shape(layer, reduction)``); anything else is refused with the fix."""
+    shape = tuple(int(s) for s in x) if isinstance(x, tuple) else np.shape(x)
     if len(shape) != 2:
-        raise ProbeError(f"{what} must be an (n_samples, n_features) array, got shape {shape}; "
-                         "reshape with x.reshape(n, -1), or extract the layer with a reduction")
+        raise ProbeError(f"{what} must be an (n_samples, n_features) array, got shape {shape}. "
+                         "Reshape your data: x.reshape(len(x), -1) for per-sample maps, "
+                         "x.reshape(-1, 1) for one feature, x.reshape(1, -1) for one sample; "
+                         "or extract the layer with a reduction")
     return int(shape[1])
 
 
