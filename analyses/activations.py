@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +48,19 @@ def select_inputs(name: str, selection: InputSelection) -> datasets.ImageSet:
 
 
 def extract_checkpoint(ckpt: str | Path, out: str | Path, selection: InputSelection, *,
-                       reductions: tuple[str, ...], layers: list[str] | None = None,
-                       device: str = "cpu", progress: bool = True) -> Path:
-    """Extract a checkpoint's layers (default: all of ``meta["layers"]``) on its dataset."""
+                       reductions: Sequence[str], layers: Sequence[str] | None = None,
+                       device: str = "cpu", progress: bool = True,
+                       checkpoint_sha256: str | None = None) -> Path:
+    """Extract a checkpoint's layers (default: all of ``meta["layers"]``) on its dataset.
+
+    ``checkpoint_sha256`` is the file's SHA-256 when the caller has it already (the cache
+    key does); it is computed here otherwise.
+    """
     model, meta = load_checkpoint(ckpt)
     model.to(device)
     inputs = select_inputs(meta["dataset"]["name"], selection)
     provenance = {
-        "checkpoint": str(ckpt), "checkpoint_sha256": sha256(ckpt),
+        "checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256 or sha256(ckpt),
         "dataset": meta["dataset"]["name"], "split": selection.split, "n": len(inputs),
         "seed": selection.seed, "arch": meta["arch"], "method": meta["method"],
         "epoch": meta["epoch"], "test_acc": meta["metrics"].get("test_acc"),
@@ -63,12 +69,12 @@ def extract_checkpoint(ckpt: str | Path, out: str | Path, selection: InputSelect
     # benchmarks/extract_throughput.py), so the cache stores those uncompressed.
     compression = None if "flatten" in reductions else "lzf"
     return extract(model, datasets.eval_batches(inputs, selection.batch_size),
-                   layers or meta["layers"], out, reductions=reductions, meta=provenance,
+                   layers or meta["layers"], out, reductions=tuple(reductions), meta=provenance,
                    compression=compression, device=device, progress=progress)
 
 
 def cached_activations(ckpt: str | Path, selection: InputSelection, *,
-                       reductions: tuple[str, ...], layers: list[str] | None = None,
+                       reductions: Sequence[str], layers: Sequence[str] | None = None,
                        cache: str | Path = DEFAULT_CACHE, device: str = "cpu",
                        progress: bool = True) -> ActivationFile:
     """Open the activation file of ``ckpt``, extracting it first unless the cache has it.
@@ -77,7 +83,9 @@ def cached_activations(ckpt: str | Path, selection: InputSelection, *,
     re-extracted; a cached file lacking a requested reduction is re-extracted with the
     union of its reductions and the requested ones.
     """
-    key = json.dumps([sha256(ckpt), selection.split, selection.n, selection.seed, layers])
+    checkpoint_sha256 = sha256(ckpt)  # read once: the key and the file's provenance
+    key = json.dumps([checkpoint_sha256, selection.split, selection.n, selection.seed,
+                      None if layers is None else list(layers)])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(cache) / f"{Path(ckpt).stem}__{selection.split}__{digest}.h5"
     wanted = set(reductions)
@@ -88,7 +96,7 @@ def cached_activations(ckpt: str | Path, selection: InputSelection, *,
         wanted |= set(acts.reductions)
         acts.close()
     extract_checkpoint(ckpt, path, selection, reductions=tuple(sorted(wanted)), layers=layers,
-                       device=device, progress=progress)
+                       device=device, progress=progress, checkpoint_sha256=checkpoint_sha256)
     return ActivationFile(path)
 
 
@@ -103,7 +111,25 @@ def open_activations(source: str | Path, selection: InputSelection, **kwargs) ->
     return cached_activations(source, selection, **kwargs)
 
 
-def check_distinct_names(sources: list[str]) -> None:
+def activations_of(ckpt: str | Path, split: str = "test", *, n: int = 2000, seed: int = 0,
+                   reductions: Sequence[str] = ("flatten", "gap"),
+                   layers: Sequence[str] | None = None, cache: str | Path = DEFAULT_CACHE,
+                   data_root: str | None = None, batch_size: int = 250, device: str = "cpu",
+                   progress: bool = True) -> ActivationFile:
+    """The activation file of a checkpoint on one split of its dataset, as the commands make it.
+
+    ``n`` inputs (0: the whole split) chosen by ``seed``, the same rows for every checkpoint;
+    ``reductions`` of ``layers`` (default: the checkpoint's). Goes through the shared cache
+    (``cache``), so the file holds the provenance the commands record (checkpoint path and
+    SHA-256, dataset, split, n, seed, arch, method, epoch, test accuracy) and is reused by
+    them. An ``.h5`` activation file is opened as it is. Close the result (or use ``with``).
+    """
+    selection = InputSelection(split, n or None, seed, data_root, batch_size)
+    return open_activations(ckpt, selection, reductions=tuple(reductions), layers=layers,
+                            cache=cache, device=device, progress=progress)
+
+
+def check_distinct_names(sources: Sequence[str]) -> None:
     """Outputs are named after file stems: refuse two inputs that would share a name."""
     stems = [Path(s).stem for s in sources]
     clashes = sorted({s for s in stems if stems.count(s) > 1})

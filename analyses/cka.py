@@ -12,53 +12,58 @@ per B. ``--a x.pt --b x.pt`` gives the self-similarity map.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from analyses.activations import (
-    DEFAULT_CACHE,
-    InputSelection,
-    check_distinct_names,
-    model_label,
-    open_activations,
-)
-from analyses.cli import mebibytes, run_cli
+from analyses.activations import DEFAULT_CACHE, activations_of, check_distinct_names, model_label
+from analyses.cli import SettingsParser, run_cli, write_settings
+from analyses.outputs import title_of, write_similarity
 from repsim import plot
 from repsim.cka import CKAResult, cka_matrix
 from repsim.store import ActivationFile
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m analyses.cka", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--a", required=True, help="reference model: checkpoint or .h5 file")
-    p.add_argument("--b", required=True, nargs="+", help="models to compare with --a")
-    p.add_argument("--out", default="cka-out", help="output folder (cka-out)")
-    p.add_argument("--kernel", default="linear", choices=["linear", "rbf"])
-    p.add_argument("--threshold", type=float, default=1.0,
-                   help="RBF bandwidth: sigma = threshold × median distance (1.0)")
-    p.add_argument("--debiased", action="store_true",
-                   help="unbiased HSIC estimator (Song et al. 2012) in CKA")
-    p.add_argument("--batch-size", type=int,
-                   help="minibatch CKA (Nguyen et al. 2021) over batches of this size; "
-                        "default: the full-batch estimator")
-    p.add_argument("--max-memory", type=mebibytes, metavar="MIB",
-                   help="minibatch CKA with the largest batch whose working memory fits in "
-                        "this many MiB (repsim.cka.minibatch_memory): for activation files "
-                        "larger than memory; instead of --batch-size")
-    p.add_argument("--n", type=int, default=2000, help="test inputs (2000; 0: all)")
-    p.add_argument("--seed", type=int, default=0, help="which inputs when --n is a subset")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--reduction", default="flatten",
-                   help="flatten (default), gap or pool<k> of each conv layer")
-    p.add_argument("--layers", nargs="+", help="module names (default: each checkpoint's)")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="activation cache (acts)")
-    p.add_argument("--data-root", help="dataset folder (see training.train --help)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    return p.parse_args(argv)
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    a: str                                 # reference model: checkpoint or .h5 file
+    b: tuple[str, ...]                     # models compared with a: checkpoints or .h5 files
+    out: str = "cka-out"                   # output folder
+    kernel: str = "linear"                 # "linear" or "rbf"
+    threshold: float = 1.0                 # RBF: sigma = threshold × median distance
+    debiased: bool = False                 # unbiased HSIC (Song et al. 2012)
+    batch_size: int | None = None          # minibatch CKA rows per batch (None: full batch)
+    max_memory: int | None = None          # bytes of minibatch working memory (--max-memory: MiB)
+    n: int = 2000                          # inputs (0: the whole split)
+    seed: int = 0                          # which inputs, when n is a subset
+    split: str = "test"                    # "train" or "test"
+    reduction: str = "flatten"             # flatten, gap or pool<k>
+    layers: tuple[str, ...] | None = None  # module names (None: each file's)
+    cache: str = str(DEFAULT_CACHE)        # activation cache folder
+    data_root: str | None = None           # dataset folder
+    device: str = "cpu"                    # torch device of extraction and CKA
+    threads: int | None = None             # torch CPU threads (None: torch's choice)
+
+
+def parser() -> SettingsParser:
+    """The command line: one option per field of :class:`Settings`, which it builds."""
+    p = SettingsParser("python -m analyses.cka", __doc__, Settings)
+    p.add("a", help="reference model: checkpoint or .h5 file")
+    p.add("b", nargs="+", help="models to compare with --a")
+    p.add("out", help="output folder (%(default)s)")
+    p.add("kernel", choices=["linear", "rbf"])
+    p.add("threshold", type=float,
+          help="RBF bandwidth: sigma = threshold × median distance (%(default)s)")
+    p.add("debiased", action="store_true",
+          help="unbiased HSIC estimator (Song et al. 2012) in CKA")
+    p.shared("batch_size", "max_memory", "n", "seed", "split", "reduction", "layers", "cache",
+             "data_root", "device", "threads",
+             max_memory={"help": "minibatch CKA with the largest batch whose working memory "
+                                 "fits in this many MiB (repsim.cka.minibatch_memory): for "
+                                 "activation files larger than memory; instead of "
+                                 "--batch-size"},
+             n={"help": "test inputs (%(default)s; 0: all)"})
+    return p
 
 
 def check_same_inputs(a: ActivationFile, b: ActivationFile) -> None:
@@ -70,35 +75,15 @@ def check_same_inputs(a: ActivationFile, b: ActivationFile) -> None:
                              "the same inputs through two models; extract both on one split")
 
 
-def write_matrix_csv(result: CKAResult, path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["layer_a \\ layer_b", *result.layers_b])
-        for name, row in zip(result.layers_a, result.matrix):
-            writer.writerow([name, *(f"{v:.10g}" for v in row)])
-
-
-def title_of(result: CKAResult) -> str:
-    kind = "debiased " if result.debiased else ""
-    estimator = f", minibatch {result.batch_size}" if result.estimator == "minibatch" else ""
-    return f"{kind}{result.kernel} CKA ({result.reduction}{estimator}, n={result.n})"
-
-
-def compare(a: ActivationFile, b: ActivationFile, stem: str, args: argparse.Namespace,
+def compare(a: ActivationFile, b: ActivationFile, stem: str, settings: Settings,
             out: Path) -> CKAResult:
     check_same_inputs(a, b)
-    result = cka_matrix(a, b, kernel=args.kernel, debiased=args.debiased,
-                        batch_size=args.batch_size, threshold=args.threshold,
-                        reduction=args.reduction, layers_a=args.layers, layers_b=args.layers,
-                        device=args.device, max_memory=args.max_memory)
-    name_a, name_b = model_label(a), model_label(b)
-    plot.save_figure(plot.cka_heatmap(result.matrix, result.layers_a, result.layers_b,
-                                      name_a=name_a, name_b=name_b, title=title_of(result)),
-                     out / f"{stem}.png")
-    write_matrix_csv(result, out / f"{stem}.csv")
-    record = {**result.to_dict(), "model_a": name_a, "model_b": name_b,
-              "provenance_a": a.meta, "provenance_b": b.meta}
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=1))
+    result = cka_matrix(a, b, kernel=settings.kernel, debiased=settings.debiased,
+                        batch_size=settings.batch_size, threshold=settings.threshold,
+                        reduction=settings.reduction, layers_a=settings.layers,
+                        layers_b=settings.layers, device=settings.device,
+                        max_memory=settings.max_memory)
+    write_similarity(result, stem, out, name_a=model_label(a), name_b=model_label(b))
     return result
 
 
@@ -123,38 +108,38 @@ def write_layer_matched(results: dict[str, CKAResult], reference: str, out: Path
         print(f"{name:>16} " + " ".join(f"{d[i]:>22.4f}" for d in diagonals.values()))
 
 
-def run(args: argparse.Namespace) -> dict[str, CKAResult]:
-    check_distinct_names(list(dict.fromkeys([args.a, *args.b])))
-    out = Path(args.out)
+def run(settings: Settings) -> dict[str, CKAResult]:
+    check_distinct_names(list(dict.fromkeys([settings.a, *settings.b])))
+    out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    selection = InputSelection(args.split, args.n or None, args.seed, args.data_root)
-    reductions = tuple(sorted({args.reduction, "gap"}))  # gap too: the probe reuses the file
+    reductions = tuple(sorted({settings.reduction, "gap"}))  # gap too: the probe reuses it
     opened = {}
 
     def open_once(source: str) -> ActivationFile:
         if source not in opened:
-            opened[source] = open_activations(source, selection, reductions=reductions,
-                                              cache=args.cache, device=args.device)
+            opened[source] = activations_of(
+                source, settings.split, n=settings.n, seed=settings.seed, reductions=reductions,
+                cache=settings.cache, data_root=settings.data_root, device=settings.device)
         return opened[source]
 
     try:
-        a = open_once(args.a)
+        a = open_once(settings.a)
         results = {}
-        for source in args.b:
+        for source in settings.b:
             b = open_once(source)
-            stem = f"{Path(args.a).stem}__vs__{Path(source).stem}"
-            results[model_label(b)] = compare(a, b, stem, args, out)
+            stem = f"{Path(settings.a).stem}__vs__{Path(source).stem}"
+            results[model_label(b)] = compare(a, b, stem, settings, out)
         write_layer_matched(results, model_label(a), out)
     finally:
         for f in opened.values():
             f.close()
-    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+    write_settings(settings, out)
     print(f"\nwrote {out}/")
     return results
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(parse_args, run, argv)
+    run_cli(parser, run, argv)
 
 
 if __name__ == "__main__":

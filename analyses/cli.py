@@ -1,27 +1,29 @@
-"""What every analysis command shares: ``--threads``, ``--max-memory`` in MiB, and errors as
-one line, not a traceback."""
+"""What every analysis command shares: the options several commands take (declared once, in
+:data:`SHARED`), parsing into a command's settings dataclass, ``--threads``, ``args.json``,
+and errors as one line, not a traceback.
+
+A command is a frozen ``Settings`` dataclass, ``run(settings)``, and ``parser()``: a
+:class:`SettingsParser` whose ``parse_args(argv)`` builds the settings. It takes each option's
+default (or that it is required) from the field of the same name, so the dataclass is the one
+place a default is written; options several commands share come from :data:`SHARED`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
+from repsim.extract import ExtractError, parse_reduction
 
-def run_cli(parse_args: Callable[[list[str] | None], argparse.Namespace],
-            run: Callable[[argparse.Namespace], object], argv: list[str] | None) -> None:
-    """Parse ``argv``, apply ``--threads`` (torch CPU threads) and run; a bad input
-    (ValueError, FileNotFoundError) exits with ``error: <message>`` and status 1."""
-    try:
-        args = parse_args(argv)
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        run(args)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+S = TypeVar("S")
 
 
 def mebibytes(text: str) -> int:
@@ -34,3 +36,104 @@ def mebibytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a positive number of MiB, e.g. 512, got "
                                          f"{text!r}")
     return int(value * 2**20)
+
+
+def _whole_number(least: int, hint: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}{hint}, got "
+                                             f"{text!r}")
+        return value
+    return parse
+
+
+count = _whole_number(0, " (0: the whole split)")  # type of --n, --n-train, --n-test
+positive = _whole_number(1, "")                     # type of --threads, --batch-size
+
+
+def reduction(text: str) -> str:
+    """argparse type of ``--reduction``: a name :func:`repsim.extract.parse_reduction` accepts,
+    kept as the name."""
+    try:
+        parse_reduction(text)
+    except ExtractError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+# The options of several commands: add_argument keywords without the default, which comes from
+# the command's settings field. A command overrides what differs (help, nargs) by keyword.
+SHARED: dict[str, dict[str, Any]] = {
+    "n": {"type": count, "help": "inputs (%(default)s; 0: the whole split)"},
+    "n_train": {"type": count, "help": "probe train inputs (%(default)s; 0: the whole split)"},
+    "n_test": {"type": count, "help": "probe test inputs (%(default)s; 0: the whole split)"},
+    "seed": {"type": int, "help": "which inputs when --n is a subset (%(default)s)"},
+    "split": {"choices": ["train", "test"], "help": "dataset split (%(default)s)"},
+    "reduction": {"type": reduction,
+                  "help": "flatten, gap or pool<k> (k >= 1) of each conv layer (%(default)s)"},
+    "layers": {"nargs": "+", "help": "module names (default: each checkpoint's)"},
+    "batch_size": {"type": positive, "help": "minibatch CKA (Nguyen et al. 2021) over batches "
+                   "of this size; default: the full-batch estimator"},
+    "max_memory": {"type": mebibytes, "metavar": "MIB"},
+    "cache": {"help": "activation cache (%(default)s)"},
+    "data_root": {"help": "dataset folder (see training.train --help)"},
+    "device": {"help": "torch device: cpu, cuda, cuda:1, ... (%(default)s)"},
+    "threads": {"type": positive, "help": "torch CPU threads"},
+}
+
+
+class SettingsParser:
+    """An argparse parser that builds a settings dataclass: ``add`` and ``shared`` declare
+    options named after its fields, ``parse_args(argv)`` returns the dataclass."""
+
+    def __init__(self, prog: str, description: str | None, settings: type[S]):
+        self.parser = argparse.ArgumentParser(
+            prog=prog, description=description,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.settings = settings
+        self.fields = {f.name: f for f in dataclasses.fields(settings)}
+
+    def add(self, name: str, **spec: Any) -> None:
+        """``--name`` (underscores as dashes) for the field ``name``, with its default."""
+        field = self.fields[name]
+        if field.default is dataclasses.MISSING:
+            spec["required"] = True
+        else:
+            spec["default"] = field.default
+        self.parser.add_argument("--" + name.replace("_", "-"), **spec)
+
+    def shared(self, *names: str, **overrides: dict[str, Any]) -> None:
+        """The :data:`SHARED` options ``names``; ``overrides[name]`` replaces keywords of one."""
+        for name in names:
+            self.add(name, **{**SHARED[name], **overrides.get(name, {})})
+
+    def parse_args(self, argv: list[str] | None = None) -> S:
+        """The settings ``argv`` names; a bad option exits with a usage error (status 2)."""
+        values = vars(self.parser.parse_args(argv))
+        return self.settings(**{k: tuple(v) if isinstance(v, list) else v
+                                for k, v in values.items()})
+
+
+def write_settings(settings: Any, folder: Path) -> Path:
+    """``folder/args.json``: the settings a command ran with, as ``dataclasses.asdict``."""
+    path = folder / "args.json"
+    path.write_text(json.dumps(dataclasses.asdict(settings), indent=1))
+    return path
+
+
+def run_cli(parser: Callable[[], SettingsParser], run: Callable[[S], object],
+            argv: list[str] | None) -> None:
+    """Parse ``argv`` into a command's settings (``parser()``), apply ``settings.threads``
+    (torch CPU threads) and ``run`` them; a bad input (ValueError, FileNotFoundError) exits
+    with ``error: <message>`` and status 1."""
+    try:
+        settings = parser().parse_args(argv)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        run(settings)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")

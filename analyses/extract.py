@@ -9,40 +9,54 @@ same rows for every checkpoint. Layers default to the checkpoint's own list.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from pathlib import Path
 
 from analyses.activations import InputSelection, extract_checkpoint
-from analyses.cli import run_cli
+from analyses.cli import SettingsParser, run_cli
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m analyses.extract", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="checkpoint written by training.train")
-    p.add_argument("--out", required=True, help="activation file to write (.h5)")
-    p.add_argument("--split", default="test", choices=["train", "test"])
-    p.add_argument("--n", type=int, default=2000, help="inputs (0: the whole split)")
-    p.add_argument("--seed", type=int, default=0, help="which inputs when --n is a subset")
-    p.add_argument("--reduction", nargs="+", default=["flatten", "gap"],
-                   help="flatten, gap, pool<k> (one or more)")
-    p.add_argument("--layers", nargs="+", help="module names (default: the checkpoint's)")
-    p.add_argument("--data-root", help="dataset folder (see training.train --help)")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    return p.parse_args(argv)
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    ckpt: str                                        # checkpoint written by training.train
+    out: str                                         # activation file to write (.h5)
+    split: str = "test"                              # "train" or "test"
+    n: int = 2000                                    # inputs (0: the whole split)
+    seed: int = 0                                    # which inputs, when n is a subset
+    reduction: tuple[str, ...] = ("flatten", "gap")  # flatten, gap, pool<k>: one or more
+    layers: tuple[str, ...] | None = None            # module names (None: the checkpoint's)
+    data_root: str | None = None                     # dataset folder
+    batch_size: int = 250                            # inputs per forward pass
+    device: str = "cpu"                              # torch device of the forward passes
+    threads: int | None = None                       # torch CPU threads (None: torch's choice)
 
 
-def run(args: argparse.Namespace) -> None:
-    selection = InputSelection(args.split, args.n or None, args.seed, args.data_root,
-                               args.batch_size)
-    path = extract_checkpoint(args.ckpt, args.out, selection, reductions=tuple(args.reduction),
-                              layers=args.layers, device=args.device)
+def parser() -> SettingsParser:
+    """The command line: one option per field of :class:`Settings`, which it builds."""
+    p = SettingsParser("python -m analyses.extract", __doc__, Settings)
+    p.add("ckpt", help="checkpoint written by training.train")
+    p.add("out", help="activation file to write (.h5)")
+    p.shared("split", "n", "seed", "reduction", "layers", "data_root", "batch_size", "device",
+             "threads",
+             reduction={"nargs": "+", "help": "flatten, gap, pool<k> (one or more; default: "
+                                              "flatten gap)"},
+             layers={"help": "module names (default: the checkpoint's)"},
+             batch_size={"help": "inputs per forward pass (%(default)s)"})
+    return p
+
+
+def run(settings: Settings) -> Path:
+    selection = InputSelection(settings.split, settings.n or None, settings.seed,
+                               settings.data_root, settings.batch_size)
+    path = extract_checkpoint(settings.ckpt, settings.out, selection,
+                              reductions=settings.reduction, layers=settings.layers,
+                              device=settings.device)
     print(f"wrote {path}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(parse_args, run, argv)
+    run_cli(parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -17,19 +17,12 @@ raises separability; the ``probe_dim`` column says what each layer was probed at
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from analyses.activations import (
-    DEFAULT_CACHE,
-    InputSelection,
-    check_distinct_names,
-    model_label,
-    open_activations,
-)
-from analyses.cli import mebibytes, run_cli
+from analyses.activations import DEFAULT_CACHE, activations_of, check_distinct_names, model_label
+from analyses.cli import SettingsParser, run_cli, write_settings
 from repsim import plot
 from repsim.probe import ProbeTable, probe_layers
 from repsim.projection import check_match
@@ -38,51 +31,65 @@ COLUMNS = ("model", "layer", "depth", "rel_depth", "dim", "probe_dim", "C", "tra
            "test_acc", "chance", "n_train", "n_test", "solver")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m analyses.probe", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, nargs="+", help="checkpoints to probe")
-    p.add_argument("--out", default="probe-out", help="output folder (probe-out)")
-    p.add_argument("--n-train", type=int, default=10000, help="train inputs (10000; 0: all)")
-    p.add_argument("--n-test", type=int, default=2000, help="test inputs (2000; 0: all)")
-    p.add_argument("--seed", type=int, default=0, help="which inputs are sampled")
-    p.add_argument("--reduction", default="gap", help="gap (default), pool<k> or flatten")
-    p.add_argument("--layers", nargs="+", help="module names (default: each checkpoint's)")
-    p.add_argument("--folds", type=int, default=3, help="cross-validation folds on train (3)")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="activation cache (acts)")
-    p.add_argument("--data-root", help="dataset folder (see training.train --help)")
-    p.add_argument("--max-memory", type=mebibytes, metavar="MIB",
-                   help="stream each layer from the files in row blocks whose arrays fit in "
-                        "this many MiB (repsim.probe.probe_memory; the process grows by about "
-                        "1.4x that, give half of what may be used), for features larger than "
-                        "memory; default: read each layer whole")
-    p.add_argument("--match-dim", type=int, metavar="D",
-                   help="probe every layer of more than D features on a seeded Gaussian random "
-                        "projection to D features (a higher dimension alone raises "
-                        "separability); default: every layer as it is")
-    p.add_argument("--match-seed", type=int, default=0, metavar="S",
-                   help="seed of the --match-dim projection (0)")
-    p.add_argument("--device", default="cpu", help="extraction and the torch probe solver")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    return p.parse_args(argv)
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    ckpt: tuple[str, ...]                  # checkpoints to probe
+    out: str = "probe-out"                 # output folder
+    n_train: int = 10000                   # train inputs (0: the whole split)
+    n_test: int = 2000                     # test inputs (0: the whole split)
+    seed: int = 0                          # which inputs are sampled
+    reduction: str = "gap"                 # gap, pool<k> or flatten
+    layers: tuple[str, ...] | None = None  # module names (None: each checkpoint's)
+    folds: int = 3                         # cross-validation folds on train
+    cache: str = str(DEFAULT_CACHE)        # activation cache folder
+    data_root: str | None = None           # dataset folder
+    max_memory: int | None = None          # bytes of row blocks (--max-memory: MiB; None: whole)
+    match_dim: int | None = None           # features of the random projection (None: none)
+    match_seed: int = 0                    # seed of the match_dim projection
+    device: str = "cpu"                    # torch device of extraction and the torch solver
+    threads: int | None = None             # torch CPU threads (None: torch's choice)
 
 
-def probe_checkpoint(ckpt: str, args: argparse.Namespace) -> tuple[str, ProbeTable]:
+def parser() -> SettingsParser:
+    """The command line: one option per field of :class:`Settings`, which it builds."""
+    p = SettingsParser("python -m analyses.probe", __doc__, Settings)
+    p.add("ckpt", nargs="+", help="checkpoints to probe")
+    p.add("out", help="output folder (%(default)s)")
+    p.shared("n_train", "n_test", "seed", "reduction", "layers",
+             seed={"help": "which inputs are sampled (%(default)s)"})
+    p.add("folds", type=int, help="cross-validation folds on train (%(default)s)")
+    p.shared("cache", "data_root", "max_memory",
+             max_memory={"help": "stream each layer from the files in row blocks whose arrays "
+                                 "fit in this many MiB (repsim.probe.probe_memory; the process "
+                                 "grows by about 1.4x that, give half of what may be used), "
+                                 "for features larger than memory; default: read each layer "
+                                 "whole"})
+    p.add("match_dim", type=int, metavar="D",
+          help="probe every layer of more than D features on a seeded Gaussian random "
+               "projection to D features (a higher dimension alone raises separability); "
+               "default: every layer as it is")
+    p.add("match_seed", type=int, metavar="S", help="seed of the --match-dim projection "
+                                                    "(%(default)s)")
+    p.shared("device", "threads",
+             device={"help": "extraction and the torch probe solver (%(default)s)"})
+    return p
+
+
+def probe_checkpoint(ckpt: str, settings: Settings) -> tuple[str, ProbeTable]:
     """(model label, per-layer table) of one checkpoint."""
-    common = {"reductions": (args.reduction,), "layers": args.layers, "cache": args.cache,
-              "device": args.device}
-    splits = {split: InputSelection(split, n or None, args.seed, args.data_root)
-              for split, n in (("train", args.n_train), ("test", args.n_test))}
-    with open_activations(ckpt, splits["train"], **common) as train, \
-            open_activations(ckpt, splits["test"], **common) as test:
-        table = probe_layers(train, test, reduction=args.reduction, layers=args.layers,
-                             cv=args.folds, device=args.device,
-                             max_memory=args.max_memory, match_dim=args.match_dim,
-                             match_seed=args.match_seed, progress=True)
+    common = {"seed": settings.seed, "reductions": (settings.reduction,),
+              "layers": settings.layers, "cache": settings.cache,
+              "data_root": settings.data_root, "device": settings.device}
+    with activations_of(ckpt, "train", n=settings.n_train, **common) as train, \
+            activations_of(ckpt, "test", n=settings.n_test, **common) as test:
+        table = probe_layers(train, test, reduction=settings.reduction, layers=settings.layers,
+                             cv=settings.folds, device=settings.device,
+                             max_memory=settings.max_memory, match_dim=settings.match_dim,
+                             match_seed=settings.match_seed, progress=True)
         return model_label(train), table
 
 
-def write_outputs(tables: dict[str, ProbeTable], args: argparse.Namespace, out: Path) -> None:
+def write_outputs(tables: dict[str, ProbeTable], settings: Settings, out: Path) -> None:
     with (out / "probe.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -92,9 +99,9 @@ def write_outputs(tables: dict[str, ProbeTable], args: argparse.Namespace, out: 
     curves = {label: ([r.rel_depth for r in t], [r.test_acc for r in t])
               for label, t in tables.items()}
     chance = max(r.chance for t in tables.values() for r in t)
-    plot.save_figure(plot.probe_plot(curves, chance=chance, reduction=args.reduction,
-                                     match_dim=args.match_dim), out / "probe.png")
-    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
+    plot.save_figure(plot.probe_plot(curves, chance=chance, reduction=settings.reduction,
+                                     match_dim=settings.match_dim), out / "probe.png")
+    write_settings(settings, out)
 
 
 def print_table(tables: dict[str, ProbeTable]) -> None:
@@ -111,21 +118,21 @@ def print_table(tables: dict[str, ProbeTable]) -> None:
                   f"{row.train_acc:>7.4f} {row.test_acc:>7.4f}")
 
 
-def run(args: argparse.Namespace) -> dict[str, ProbeTable]:
-    check_distinct_names(args.ckpt)
-    if args.match_dim is not None:  # before any extraction
-        check_match(args.match_dim, args.match_seed)
-    out = Path(args.out)
+def run(settings: Settings) -> dict[str, ProbeTable]:
+    check_distinct_names(settings.ckpt)
+    if settings.match_dim is not None:  # before any extraction
+        check_match(settings.match_dim, settings.match_seed)
+    out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    tables = dict(probe_checkpoint(ckpt, args) for ckpt in args.ckpt)
-    write_outputs(tables, args, out)
+    tables = dict(probe_checkpoint(ckpt, settings) for ckpt in settings.ckpt)
+    write_outputs(tables, settings, out)
     print_table(tables)
     print(f"\nwrote {out}/")
     return tables
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(parse_args, run, argv)
+    run_cli(parser, run, argv)
 
 
 if __name__ == "__main__":

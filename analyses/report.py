@@ -10,42 +10,50 @@ numbers all come from those files and the checkpoints.
 
 from __future__ import annotations
 
-import argparse
-import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from analyses import cka as cka_cli
-from analyses import probe as probe_cli
+from analyses import cka, probe
 from analyses.activations import DEFAULT_CACHE
-from analyses.cli import run_cli
+from analyses.cli import SettingsParser, run_cli, write_settings
+from analyses.outputs import title_of
 from repsim import plot
-from training.checkpoint import load_checkpoint
+from training import checkpoint_meta
 
 MIB = 2**20
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m analyses.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, nargs="+",
-                   help="checkpoints; the first is the reference (e.g. BP)")
-    p.add_argument("--out", default="report", help="output folder (report)")
-    p.add_argument("--n", type=int, default=2000, help="test inputs for CKA (2000)")
-    p.add_argument("--batch-size", type=int, help="minibatch CKA (default: full batch)")
-    p.add_argument("--n-train", type=int, default=10000, help="probe train inputs (10000)")
-    p.add_argument("--n-test", type=int, default=2000, help="probe test inputs (2000)")
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="activation cache (acts)")
-    p.add_argument("--data-root", help="dataset folder (see training.train --help)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    return p.parse_args(argv)
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    ckpt: tuple[str, ...]            # checkpoints; the first is the reference (e.g. BP)
+    out: str = "report"              # output folder
+    n: int = 2000                    # test inputs for CKA (0: the whole split)
+    batch_size: int | None = None    # minibatch CKA rows per batch (None: full batch)
+    n_train: int = 10000             # probe train inputs (0: the whole split)
+    n_test: int = 2000               # probe test inputs (0: the whole split)
+    cache: str = str(DEFAULT_CACHE)  # activation cache folder
+    data_root: str | None = None     # dataset folder
+    device: str = "cpu"              # torch device of extraction, CKA and probes
+    threads: int | None = None       # torch CPU threads (None: torch's choice)
 
 
-def model_rows(paths: list[str]) -> list[dict]:
-    """What each checkpoint says about its run."""
+def parser() -> SettingsParser:
+    """The command line: one option per field of :class:`Settings`, which it builds."""
+    p = SettingsParser("python -m analyses.report", __doc__, Settings)
+    p.add("ckpt", nargs="+", help="checkpoints; the first is the reference (e.g. BP)")
+    p.add("out", help="output folder (%(default)s)")
+    p.shared("n", "batch_size", "n_train", "n_test", "cache", "data_root", "device", "threads",
+             n={"help": "test inputs for CKA (%(default)s; 0: all)"},
+             batch_size={"help": "minibatch CKA (default: full batch)"})
+    return p
+
+
+def model_rows(paths: Sequence[str]) -> list[dict]:
+    """What each checkpoint says about its run (read without building its model)."""
     rows = []
     for path in paths:
-        _, meta = load_checkpoint(path)
+        meta = checkpoint_meta(path)
         metrics, method = meta["metrics"], meta["method"]
         settings = ", ".join(f"{k}={v}" for k, v in method.items()
                              if k != "name" and v is not None)
@@ -90,9 +98,9 @@ def probe_table(tables: dict) -> str:
     return layer_table(layers, {label: [r.test_acc for r in t] for label, t in tables.items()})
 
 
-def write_report(args: argparse.Namespace, rows: list[dict], cka_results: dict,
+def write_report(settings: Settings, rows: list[dict], cka_results: dict,
                  probes: dict, out: Path) -> Path:
-    ref = Path(args.ckpt[0]).stem
+    ref = Path(settings.ckpt[0]).stem
     first = next(iter(cka_results.values()))
     sections = [
         "# Layer-wise comparison of the trained networks\n",
@@ -100,11 +108,11 @@ def write_report(args: argparse.Namespace, rows: list[dict], cka_results: dict,
         f"Step memory is the peak of tensors held for backward plus parameters, gradients "
         f"and optimiser state in one training step (`training.memory`).\n",
         models_table(rows),
-        f"\n## CKA similarity ({cka_cli.title_of(first)})\n",
+        f"\n## CKA similarity ({title_of(first)})\n",
         "Rows are the reference model's layers, columns the other model's; 1 means the two "
         "layers' representations agree up to rotation and isotropic scaling.\n",
     ]
-    for b in args.ckpt[1:]:
+    for b in settings.ckpt[1:]:
         sections.append(f"![{ref} vs {Path(b).stem}](cka/{ref}__vs__{Path(b).stem}.png)\n")
     if (out / "cka" / "layer_matched.png").exists():
         sections += ["### Layer-matched CKA\n",
@@ -130,29 +138,28 @@ def _diagonal_table(cka_results: dict) -> str:
     return layer_table(layers, {label: list(r.diagonal()) for label, r in same.items()})
 
 
-def run(args: argparse.Namespace) -> Path:
-    if len(args.ckpt) < 2:
+def run(settings: Settings) -> Path:
+    if len(settings.ckpt) < 2:
         raise ValueError("--ckpt needs at least two checkpoints: a reference and one to "
                          "compare with it")
-    out = Path(args.out)
-    common = ["--cache", args.cache, "--device", args.device]
-    common += ["--data-root", args.data_root] if args.data_root else []
-    rows = model_rows(args.ckpt)
-    cka_argv = ["--a", args.ckpt[0], "--b", *args.ckpt[1:], "--n", str(args.n),
-                "--out", str(out / "cka"), *common]
-    cka_argv += ["--batch-size", str(args.batch_size)] if args.batch_size else []
-    cka_results = cka_cli.run(cka_cli.parse_args(cka_argv))
-    probes = probe_cli.run(probe_cli.parse_args(
-        ["--ckpt", *args.ckpt, "--n-train", str(args.n_train), "--n-test", str(args.n_test),
-         "--out", str(out / "probe"), *common]))
-    (out / "args.json").write_text(json.dumps(vars(args), indent=1))
-    path = write_report(args, rows, cka_results, probes, out)
+    out = Path(settings.out)
+    common = {"cache": settings.cache, "data_root": settings.data_root,
+              "device": settings.device}
+    rows = model_rows(settings.ckpt)
+    cka_results = cka.run(cka.Settings(a=settings.ckpt[0], b=settings.ckpt[1:], n=settings.n,
+                                       batch_size=settings.batch_size, out=str(out / "cka"),
+                                       **common))
+    probes = probe.run(probe.Settings(ckpt=settings.ckpt, n_train=settings.n_train,
+                                      n_test=settings.n_test, out=str(out / "probe"),
+                                      **common))
+    write_settings(settings, out)
+    path = write_report(settings, rows, cka_results, probes, out)
     print(f"\nwrote {path}")
     return path
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(parse_args, run, argv)
+    run_cli(parser, run, argv)
 
 
 if __name__ == "__main__":

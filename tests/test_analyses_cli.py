@@ -148,7 +148,7 @@ def test_probe_cli_max_memory_streams_the_same_probe(tiny_checkpoints, tmp_path,
     tables, reads = {}, {}
     for name, extra in (("whole", []), ("streamed", ["--max-memory", "2"])):
         read_sizes.clear()
-        tables[name] = probe_cli.run(probe_cli.parse_args(
+        tables[name] = probe_cli.run(probe_cli.parser().parse_args(
             ["--ckpt", str(tiny_checkpoints["a"]), "--n-train", "300", "--n-test", "100",
              "--reduction", "flatten", "--layers", "layers.s1b1", "layers.s3b1",
              "--out", str(tmp_path / name), "--cache", str(tmp_path / "cache"), *extra]))
@@ -278,4 +278,179 @@ def test_probe_cli_refuses_a_bad_match_dim_before_extracting(tiny_checkpoints, t
     with pytest.raises(SystemExit, match="error: match_dim must be a positive int, got 0"):
         probe_cli.main(["--ckpt", str(tiny_checkpoints["a"]), "--match-dim", "0",
                         "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")])
+    assert not (tmp_path / "cache").exists()
+
+
+# --- settings: one typed dataclass per command, argparse only builds it --------------------
+
+def _commands():
+    from analyses import extract, probe, report
+
+    return {"extract": (extract, ["--ckpt", "m.pt", "--out", "m.h5"]),
+            "cka": (cka_cli, ["--a", "a.pt", "--b", "b.pt"]),
+            "probe": (probe, ["--ckpt", "a.pt"]),
+            "report": (report, ["--ckpt", "a.pt", "b.pt"])}
+
+
+@pytest.mark.parametrize("command", ["extract", "cka", "probe", "report"])
+def test_parser_defaults_are_the_settings_defaults(command):
+    import dataclasses
+
+    module, required = _commands()[command]
+    settings = module.parser().parse_args(required)
+    given = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+             if f.default is dataclasses.MISSING}
+    assert settings == module.Settings(**given)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.out = "elsewhere"
+    with pytest.raises(TypeError):
+        module.Settings(*given.values())   # keyword-only
+
+
+def test_args_json_keeps_the_option_names(tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    cka_cli.main(["--a", str(tiny_checkpoints["a"]), "--b", str(tiny_checkpoints["b"]),
+                  "--n", "100", "--reduction", "gap", "--layers", "layers.s3b1",
+                  "--out", str(out), "--cache", str(tmp_path / "cache")])
+    args = json.loads((out / "args.json").read_text())
+    assert list(args) == ["a", "b", "out", "kernel", "threshold", "debiased", "batch_size",
+                          "max_memory", "n", "seed", "split", "reduction", "layers", "cache",
+                          "data_root", "device", "threads"]
+    assert args["b"] == [str(tiny_checkpoints["b"])] and args["layers"] == ["layers.s3b1"]
+    assert (args["n"], args["reduction"], args["batch_size"]) == (100, "gap", None)
+
+
+# --- options refused while parsing (usage error, status 2, before any work) ----------------
+
+REDUCTION_FORMS = "use 'flatten', 'gap' or 'pool<k>' with k >= 1"
+COUNT = "must be a whole number >= 0 (0: the whole split), got"
+POSITIVE = "must be a whole number >= 1, got"
+
+
+@pytest.mark.parametrize("command,option,value,message", [
+    ("cka", "--reduction", "pool0", REDUCTION_FORMS),
+    ("cka", "--reduction", "max", REDUCTION_FORMS),
+    ("probe", "--reduction", "gapp", REDUCTION_FORMS),
+    ("extract", "--reduction", "pool-1", REDUCTION_FORMS),
+    ("extract", "--n", "-1", COUNT + " '-1'"),
+    ("cka", "--n", "ten", COUNT + " 'ten'"),
+    ("report", "--n", "-5", COUNT + " '-5'"),
+    ("probe", "--n-train", "-1", COUNT + " '-1'"),
+    ("report", "--n-test", "1.5", COUNT + " '1.5'"),
+    ("cka", "--threads", "0", POSITIVE + " '0'"),
+    ("report", "--threads", "-2", POSITIVE + " '-2'"),
+    ("extract", "--batch-size", "0", POSITIVE + " '0'"),
+    ("cka", "--batch-size", "-40", POSITIVE + " '-40'"),
+    ("report", "--batch-size", "0", POSITIVE + " '0'"),
+])
+def test_bad_options_are_refused_while_parsing(command, option, value, message, tmp_path,
+                                               capsys):
+    module, required = _commands()[command]
+    cache = [] if command == "extract" else ["--cache", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) as info:
+        module.main([*required, *cache, option, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: " in err and message in err and "usage:" in err
+    assert f"{value!r}" in err   # the offending value
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("value", ["flatten", "gap", "pool1", "pool12"])
+def test_every_valid_reduction_form_parses(value):
+    assert cka_cli.parser().parse_args(["--a", "a", "--b", "b", "--reduction", value]) \
+        .reduction == value
+
+
+def test_zero_inputs_means_the_whole_split():
+    from analyses import probe
+
+    settings = probe.parser().parse_args(["--ckpt", "a.pt", "--n-train", "0", "--n-test", "0"])
+    assert (settings.n_train, settings.n_test) == (0, 0)
+
+
+# --- the report runs the other commands' settings, and reads checkpoints without models ----
+
+def test_report_runs_cka_and_probe_settings_directly(tiny_checkpoints, tmp_path, monkeypatch):
+    from analyses import probe, report
+
+    seen = {}
+    monkeypatch.setattr(cka_cli, "parser", lambda: pytest.fail("report parsed cka's argv"))
+    monkeypatch.setattr(probe, "parser", lambda: pytest.fail("report parsed probe's argv"))
+    for module in (cka_cli, probe):
+        def spy(settings, real=module.run):
+            seen[type(settings).__module__] = settings
+            return real(settings)
+        monkeypatch.setattr(module, "run", spy)
+    out = tmp_path / "report"
+    report.main(["--ckpt", str(tiny_checkpoints["a"]), str(tiny_checkpoints["b"]),
+                 "--n", "100", "--n-train", "300", "--n-test", "100", "--batch-size", "50",
+                 "--out", str(out), "--cache", str(tmp_path / "cache")])
+    cka_settings, probe_settings = seen["analyses.cka"], seen["analyses.probe"]
+    assert cka_settings.b == (str(tiny_checkpoints["b"]),) and cka_settings.batch_size == 50
+    assert (probe_settings.n_train, probe_settings.n_test) == (300, 100)
+    assert json.loads((out / "cka" / "args.json").read_text())["n"] == 100
+    assert json.loads((out / "args.json").read_text())["ckpt"] == [
+        str(tiny_checkpoints["a"]), str(tiny_checkpoints["b"])]
+
+
+def test_report_model_rows_build_no_model(tiny_checkpoints, monkeypatch):
+    import training.checkpoint
+    from analyses import report
+
+    monkeypatch.setattr(training.checkpoint, "model_from_arch",
+                        lambda arch: pytest.fail("a model was built"))
+    rows = report.model_rows([str(tiny_checkpoints["a"])])
+    assert rows[0]["file"] == "a.pt" and rows[0]["method"] == "bp"
+    assert rows[0]["arch"] == "resnet8 (width 4)" and rows[0]["epochs"] == 2
+
+
+def test_report_refuses_a_file_that_is_not_a_checkpoint(tiny_checkpoints, tmp_path):
+    from analyses import report
+
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(SystemExit, match="error: .*junk.pt is not a PyTorch checkpoint"):
+        report.main(["--ckpt", str(tiny_checkpoints["a"]), str(junk),
+                     "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")])
+
+
+# --- activations: one hash per extraction, one helper for notebooks ------------------------
+
+def test_a_checkpoint_is_hashed_once_per_extraction(tiny_checkpoints, tmp_path, monkeypatch):
+    import hashlib
+
+    from analyses import activations
+
+    calls, real = [], activations.sha256
+    monkeypatch.setattr(activations, "sha256", lambda path: calls.append(path) or real(path))
+    with activations.activations_of(tiny_checkpoints["a"], n=100, reductions=("gap",),
+                                    cache=tmp_path, progress=False) as acts:
+        assert acts.meta["checkpoint_sha256"] == hashlib.sha256(
+            tiny_checkpoints["a"].read_bytes()).hexdigest()
+    assert calls == [tiny_checkpoints["a"]]
+
+
+def test_activations_of_is_the_file_the_commands_cache(tiny_checkpoints, tmp_path):
+    from analyses.activations import activations_of
+
+    cache = tmp_path / "cache"
+    cka_cli.main(["--a", str(tiny_checkpoints["a"]), "--b", str(tiny_checkpoints["a"]),
+                  "--n", "100", "--seed", "2", "--out", str(tmp_path / "o"),
+                  "--cache", str(cache)])
+    [made] = cache.iterdir()
+    created = made.stat().st_mtime_ns
+    with activations_of(str(tiny_checkpoints["a"]), "test", n=100, seed=2, cache=cache,
+                        progress=False) as acts:
+        assert acts.path == made and made.stat().st_mtime_ns == created  # reused as it is
+        assert (acts.meta["split"], acts.meta["n"], acts.meta["seed"]) == ("test", 100, 2)
+        assert acts.meta["checkpoint"] == str(tiny_checkpoints["a"])
+        assert set(acts.reductions) == {"flatten", "gap"}
+
+
+def test_activations_of_a_missing_checkpoint(tmp_path):
+    from analyses.activations import activations_of
+
+    with pytest.raises(FileNotFoundError, match="nope.pt does not exist: pass a checkpoint"):
+        activations_of(tmp_path / "nope.pt", cache=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()

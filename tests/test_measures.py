@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import repsim
+from analyses.outputs import write_similarity
 from repsim import plot
 from repsim.cka import CKAResult, cka_matrix
 from repsim.extract import extract
@@ -68,6 +69,20 @@ def test_a_toy_measure_result_draws_with_its_own_scale_and_label(toy_measure):
     colourbar = fig.axes[1]
     assert colourbar.get_ylabel() == "mean |correlation| (similarity, 1 = identical)"
     assert fig.axes[0].collections[0].get_clim() == (0.0, 1.0)
+
+
+def test_a_toy_measure_result_goes_through_the_cli_writer(toy_measure, tmp_path):
+    result = repsim.similarity_matrix(layers(0), layers(1), measure="mean_abs_corr")
+    png, table, record = write_similarity(result, "a__vs__b", tmp_path, name_a="A", name_b="B")
+    assert png.stat().st_size > 0
+    rows = table.read_text().splitlines()
+    assert rows[0] == "layer_a \\ layer_b,early,late"
+    np.testing.assert_allclose([[float(v) for v in row.split(",")[1:]] for row in rows[1:]],
+                               result.matrix, rtol=1e-9)
+    written = json.loads(record.read_text())
+    assert (written["measure"], written["direction"], written["model_a"]) == \
+        ("mean_abs_corr", "similarity", "A")
+    assert written["quantity"] == "mean |correlation| (similarity, 1 = identical)"
 
 
 def test_a_distance_with_an_open_range_draws_from_zero_to_one_and_says_so():

@@ -1,8 +1,11 @@
 """notebooks/explore.ipynb runs top to bottom on tiny checkpoints."""
+import hashlib
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+
+from repsim.store import ActivationFile
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore.ipynb"
 
@@ -19,4 +22,9 @@ def test_explore_notebook_executes(tiny_checkpoints, tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2   # the heatmap and the probe plot, inline
-    assert (tmp_path / "work" / "a__test.h5").exists()
+    # the notebook's files are the commands' cached files, provenance included
+    [cached] = (tmp_path / "work").glob("a__test__*.h5")
+    with ActivationFile(cached) as f:
+        assert f.meta["checkpoint_sha256"] == hashlib.sha256(
+            tiny_checkpoints["a"].read_bytes()).hexdigest()
+        assert (f.meta["split"], f.n, f.meta["seed"]) == ("test", 120, 0)
