@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import repsim
+import repsim.probe
 from analyses.outputs import write_similarity
 from repsim import plot
 from repsim.cka import CKAResult, cka_matrix
@@ -189,3 +190,37 @@ def test_in_memory_sources_refuse_what_they_cannot_serve():
         acts.iter_blocks("a", "gap", 0)
     blocks = list(acts.iter_blocks("a", "gap", 2))
     assert [len(b) for b in blocks] == [2, 2, 1]
+
+
+@pytest.fixture(scope="module")
+def probe_files(tmp_path_factory):
+    """Train and test activation files of a small network on three Gaussian classes."""
+    from tests.conftest import _write_blob_files
+
+    rng = np.random.default_rng(0)
+    centres = 2.0 * rng.standard_normal((3, 6))
+    splits = {}
+    for split, n in (("train", 240), ("test", 90)):
+        y = np.arange(n) % 3
+        splits[split] = (centres[y] + rng.standard_normal((n, 6)), y)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8))
+    return _write_blob_files(tmp_path_factory.mktemp("probe"), model, ["0", "2"], splits)
+
+
+def in_memory(file: ActivationFile) -> ActivationSet:
+    return ActivationSet.from_arrays({m: file.read(m, "flatten") for m in file.layers},
+                                     labels=file.labels, indices=file.indices, meta=file.meta,
+                                     reduction="flatten")
+
+
+@pytest.mark.parametrize("options", [{}, {"max_memory": 40_000}, {"match_dim": 4}])
+def test_probes_are_the_same_on_files_and_in_memory(probe_files, options):
+    """Whole reads, streamed row blocks (a budget far below a layer) and projections."""
+    assert repsim.probe.probe_block_rows(16, 240, 3, 40_000) < 240  # the budget streams
+    with ActivationFile(probe_files["train"]) as train, \
+            ActivationFile(probe_files["test"]) as test:
+        from_files = repsim.probe.probe_layers(train, test, reduction="flatten", **options)
+        from_memory = repsim.probe.probe_layers(in_memory(train), in_memory(test),
+                                                reduction="flatten", **options)
+    assert from_files.records() == from_memory.records()
