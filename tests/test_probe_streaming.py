@@ -256,7 +256,10 @@ def test_the_streamed_fit_allocates_within_the_rule(activation_files_large):
         finally:
             tracemalloc.stop()
     assert table.rows[0].test_acc > 0.5
-    assert peak <= budget, f"NumPy alone peaked at {peak / budget:.2f}× the budget"
+    # tracemalloc also counts the window's small Python objects (frames, dicts, the progress
+    # bar), a few KiB that grow with what earlier tests left registered: not the rule's arrays
+    slack = 16 * 2**10
+    assert peak <= budget + slack, f"NumPy alone peaked at {peak / budget:.3f}× the budget"
 
 
 @pytest.fixture(scope="module")
