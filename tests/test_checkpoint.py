@@ -230,3 +230,84 @@ def test_version_1_checkpoints_are_read_with_the_current_keys(trained, tmp_path,
         {k: v for k, v in expected.items() if k != "format_version"}
     assert checkpoint_meta(old) == meta
     assert read_checkpoint(old)["method"] == method
+
+
+def test_a_directory_is_named_a_directory(tmp_path, reader):
+    folder = tmp_path / "run.pt"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match=r"run\.pt is a directory, not a checkpoint file"):
+        reader(folder)
+
+
+def _without(key):
+    return lambda ckpt: {k: v for k, v in ckpt.items() if k != key}
+
+
+def _with(key, value):
+    return lambda ckpt: {**ckpt, key: value}
+
+
+def _with_entry(key, entry, value):
+    return lambda ckpt: {**ckpt, key: {**ckpt[key], entry: value}}
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_without("epoch"), r"lacks the keys \['epoch'\]"),
+    (_without("seed"), r"lacks the keys \['seed'\]"),
+    (_with("dataset", "digits"), r"'dataset' has type str, expected a dict"),
+    (_with("metrics", {}), r"'metrics' lacks 'epochs'"),
+    (_with("metrics", {"epochs": "none"}), r"metrics\['epochs'\] has type str, expected a list"),
+    (_with("layers", "layers.0"), r"'layers' has type str, expected a list"),
+    (_with("layers", [1, 2]), r"'layers' must be a non-empty list of strings"),
+    (_with("layers", []), r"'layers' must be a non-empty list of strings"),
+    (_with("epoch", "2"), r"'epoch' has type str, expected a whole number"),
+    (_with("epoch", True), r"'epoch' has type bool, expected a whole number"),
+    (_with("epoch", 5), r"'epoch' is 5 but metrics\['epochs'\] holds 2 epochs"),
+    (_with("arch", [8]), r"'arch' has type list, expected a dict"),
+    (_with_entry("arch", "width", 0), r"arch\['width'\] must be a whole number >= 1"),
+    (_with_entry("arch", "width", 4.0), r"arch\['width'\] has type float, expected a whole number"),
+    (_with_entry("method", "name", 3), r"method\['name'\] has type int, expected a str"),
+    (_with_entry("dataset", "name", None), r"dataset\['name'\] has type NoneType, expected a str"),
+    (_with("state_dict", [1]), r"'state_dict' has type list, expected a dict"),
+    (_with("state_dict", {"w": 1.0}), r"'state_dict' must map names to tensors"),
+    (_with("metrics", {"epochs": [1, 2]}), r"metrics\['epochs'\] must be a list of dicts"),
+])
+def test_malformed_checkpoints_name_what_is_wrong(trained, tmp_path, reader, damage, problem):
+    path = tmp_path / "bad.pt"
+    torch.save(damage(torch.load(trained, weights_only=True)), path)
+    with pytest.raises(CheckpointError, match=rf"bad\.pt is damaged.*{problem}"):
+        reader(path)
+
+
+def test_every_problem_is_named_at_once(trained, tmp_path, reader):
+    ckpt = torch.load(trained, weights_only=True)
+    path = tmp_path / "bad.pt"
+    torch.save({**ckpt, "dataset": 1, "layers": "x"}, path)
+    with pytest.raises(CheckpointError, match="'dataset' has type int.*; 'layers' has type str"):
+        reader(path)
+
+
+def test_a_successful_save_removes_stale_temporary_files_of_its_target(tmp_path):
+    stale = [tmp_path / ".x.pt.a1b2c3d4.tmp", tmp_path / ".x.pt.zz_9zz_9.tmp"]
+    others = [tmp_path / ".y.pt.a1b2c3d4.tmp",        # another target's
+              tmp_path / ".x.pt.v2.a1b2c3d4.tmp",     # target x.pt.v2's
+              tmp_path / ".x.pt.notes.tmp",           # not a temporary name
+              tmp_path / "x.pt.a1b2c3d4.tmp"]
+    for p in stale + others:
+        p.write_bytes(b"debris")
+    atomic_torch_save({"a": 1}, tmp_path / "x.pt")
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in others)
+    assert torch.load(tmp_path / "x.pt", weights_only=True) == {"a": 1}
+
+
+def test_a_failed_save_names_the_path_and_the_cause(tmp_path, monkeypatch):
+    real_save = torch.save
+
+    def save_to_a_full_disk(obj, f):
+        with open("/dev/full", "wb") as full:
+            real_save(obj, full)
+
+    monkeypatch.setattr(torch, "save", save_to_a_full_disk)
+    with pytest.raises(OSError, match=r"cannot write checkpoint .*x\.pt: No space left"):
+        atomic_torch_save({"a": torch.zeros(10_000)}, tmp_path / "x.pt")
+    assert list(tmp_path.iterdir()) == []

@@ -15,15 +15,20 @@ def _write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+def write_fashion_root(folder, n_train=20, n_test=10):
+    """``folder`` laid out like Debian's package, holding random train and test images."""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz",
+                   rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return folder
+
+
 @pytest.fixture
 def tiny_fashion_root(tmp_path):
     """A folder laid out like Debian's package, holding 20 random train and 10 test images."""
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 20), ("t10k", 10)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz",
-                   rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
-    return tmp_path
+    return write_fashion_root(tmp_path)
 
 
 def test_idx_reader_returns_what_was_written(tiny_fashion_root):
@@ -50,6 +55,24 @@ def test_digits_split_is_disjoint_and_complete():
     assert len(train) + len(test) == 1797
     assert train.images.shape[1:] == (1, 8, 8)
     assert train.images.dtype == torch.uint8 and int(train.images.max()) <= 255
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "short"])
+def test_damaged_fashion_mnist_file_is_named_with_the_fix(tiny_fashion_root, damage):
+    victim = tiny_fashion_root / "train-images-idx3-ubyte.gz"
+    raw = victim.read_bytes()
+    if damage == "truncated":
+        victim.write_bytes(raw[:len(raw) // 2])
+    elif damage == "not gzip":
+        victim.write_bytes(b"<html>404</html>")
+    else:  # a complete gzip stream whose idx payload lacks rows the header promises
+        with gzip.open(victim) as f:
+            payload = f.read()
+        with gzip.open(victim, "wb") as f:
+            f.write(payload[:-28 * 28])
+    with pytest.raises(ds.DatasetError, match=f"(?s){victim}.*(truncated|damaged).*"
+                       "apt-get install --reinstall dataset-fashion-mnist"):
+        ds.load_split("fashion-mnist", "train", data_root=tiny_fashion_root)
 
 
 def test_missing_fashion_mnist_says_how_to_install(tmp_path):

@@ -83,20 +83,34 @@ def test_existing_output_is_not_overwritten_silently(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"epochs": 0}, "--epochs 0: must be at least 1"),
-    ({"lr": -1.0}, "--lr -1.0: must be positive"),
+    ({"epochs": 0}, "--epochs 0: must be a whole number >= 1"),
+    ({"lr": -1.0}, r"--lr -1.0: must be a finite number > 0"),
     ({"warmup_epochs": 5}, r"--warmup-epochs 5: must lie in \[0, --epochs\]"),
     ({"resume": True, "overwrite": True}, "contradict"),
     ({"method": "hebbian"}, "--method 'hebbian'"),
+    ({"method": "dgl", "K": 0}, "--K 0: must be a whole number >= 1"),
+    ({"threads": -2}, "--threads -2: must be a whole number >= 1"),
+    ({"device": "foo"}, "--device 'foo'"),
 ])
 def test_invalid_settings_are_named(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         train(replace(TINY, out=str(tmp_path / "x.pt"), **change))
 
 
-def test_cli_reports_errors_without_a_traceback(tmp_path):
-    with pytest.raises(SystemExit, match="(?s)error: .*--epochs 0"):
-        main(["--dataset", "digits", "--epochs", "0", "--out", str(tmp_path / "x.pt")])
+def test_every_problem_is_named_on_one_line(tmp_path):
+    with pytest.raises(ValueError) as error:
+        train(replace(TINY, out=str(tmp_path / "x.pt"), epochs=0, lr=float("nan")))
+    assert "\n" not in str(error.value)
+    assert "--epochs 0" in str(error.value) and "--lr nan" in str(error.value)
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "digits", "--epochs", "1", "--warmup-epochs", "3",
+              "--out", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.startswith("error: ") and "--warmup-epochs 3" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("method", ["auglocal", "dgl"])
@@ -187,7 +201,16 @@ def test_subset_depends_on_subset_seed_not_on_seed():
     assert torch.equal(a.indices, b.indices) and not torch.equal(a.indices, c.indices)
 
 
-def test_impossible_method_settings_give_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="K"):
+def test_impossible_method_settings_give_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--method", "auglocal", "--arch", "resnet8", "--K", "40", "--dataset", "digits",
               "--out", str(tmp_path / "x.pt")])
+    assert exit_info.value.code == 2 and "K=40" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["dgl", "auglocal"])
+def test_K_0_is_not_every_layer(tmp_path, method):
+    """K = 0 used to fall back to one module per layer, as if --K were not given."""
+    with pytest.raises(ValueError, match="--K 0"):
+        train(replace(TINY, method=method, K=0, out=str(tmp_path / "x.pt")))
+    assert loop.method_config(replace(TINY, method=method, K=0), 4).K == 0

@@ -18,8 +18,10 @@ run code) is refused. Keys (built by :func:`checkpoint_dict`)::
 
 Readers: :func:`read_checkpoint` (everything, to resume), :func:`checkpoint_meta` (everything
 but the weights, without reading them) and :func:`load_checkpoint` (the primary network in eval
-mode plus that metadata). All three validate the file and bring older format versions up to
-date in one place (:func:`_migrate`), so callers only ever see the current keys.
+mode plus that metadata). All three validate the file (format tag, version and the structure
+of :data:`STRUCTURE`, naming every problem) and bring older format versions up to date in one
+place (:func:`_validated`, :func:`_migrate`), so callers only ever see the current keys, of the
+types they expect.
 
 Format versions: 1 stored AugLocal's pyramid coefficient as ``method["tau"]``; 2 calls it
 ``method["pyramid_coeff"]``, the name of the ``--pyramid-coeff`` flag and of the
@@ -28,10 +30,14 @@ Format versions: 1 stored AugLocal's pyramid coefficient as ``method["tau"]``; 2
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import re
+import signal
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -44,7 +50,26 @@ from training.models import BLOCKS_PER_STAGE, ResNet, build_model
 FORMAT = "auglocal-toolkit/checkpoint"
 FORMAT_VERSION = 2                 # the version this toolkit writes
 READABLE_VERSIONS = (1, 2)         # the versions it reads (older ones via _migrate)
-REQUIRED_KEYS = ("arch", "method", "dataset", "state_dict", "layers", "metrics")
+_KIND_NAMES = {dict: "a dict", list: "a list", str: "a str", int: "a whole number"}
+_POSITIVE = (int, lambda v: v >= 1, "must be a whole number >= 1")
+# What the readers require of a checkpoint (current keys): each key's type, a (type, test,
+# rule) triple, or for a dict the entries it must hold. Optional keys (aux_state_dict,
+# optimizer, config, versions) are checked by those who use them.
+STRUCTURE = {
+    "arch": {"name": str, "depth": _POSITIVE, "width": _POSITIVE, "in_channels": _POSITIVE,
+             "num_classes": _POSITIVE},
+    "method": {"name": str},
+    "dataset": {"name": str},
+    "state_dict": (dict, lambda d: all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                       for k, v in d.items()),
+                   "must map names to tensors"),
+    "layers": (list, lambda v: bool(v) and all(isinstance(x, str) for x in v),
+               "must be a non-empty list of strings (module names)"),
+    "metrics": {"epochs": (list, lambda v: all(isinstance(r, dict) for r in v),
+                           "must be a list of dicts (one per epoch)")},
+    "epoch": (int, lambda v: v >= 0, "must be a whole number >= 0"),
+    "seed": int,
+}
 HEAVY_KEYS = ("state_dict", "aux_state_dict", "optimizer")  # left out of the metadata
 
 # Settings a resumed run must share with the checkpoint it continues (keys of its "config").
@@ -61,18 +86,68 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> None:
-    """Save under a temporary name in the same folder, then rename: never a half-written file."""
+    """Save under a temporary name in the same folder, then rename: never a half-written file.
+
+    Interrupted by SIGINT or SIGTERM, or failing, it removes its temporary file (the process
+    then ends as the signal asks); it also removes the temporary files that processes killed
+    harder (SIGKILL, power loss) left for the same ``path``. An OSError (full disk, no
+    permission) names ``path`` and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _sigterm_cleans_up():
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                           dir=path.parent)
+                with os.fdopen(fd, "wb") as f:
+                    torch.save(obj, f)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual ones
+                os.replace(tmp, path)
+            finally:  # ours, wherever an interruption struck, and any earlier debris
+                _remove_stale_temporaries(path)
+    except OSError as err:
+        message = f"cannot write checkpoint {path}: {err.strerror or err}"
+        raise (OSError(err.errno, message) if err.errno else OSError(message)) from err
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while a checkpoint was being written (see :func:`_sigterm_cleans_up`)."""
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up():
+    """Within the block, SIGTERM raises :class:`_Terminated`, so ``except``/``finally``
+    clauses clean up as they do for SIGINT's KeyboardInterrupt; on leaving the block the
+    previous handler is restored and, if SIGTERM arrived, sent again, so the process ends as
+    it would have. Only where SIGTERM has its default action and in the main thread (the
+    only one that may set handlers): an application's own handler is left in charge."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+    arrived = []
+
+    def terminate(signum, frame):
+        arrived.append(signum)
+        raise _Terminated
+
+    try:
+        signal.signal(signal.SIGTERM, terminate)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if arrived:  # the block has cleaned up: end the process as the signal asked
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.<name>.XXXXXXXX.tmp`` files (the names :func:`atomic_torch_save` writes
+    under) that earlier writes of ``path`` left behind."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    with contextlib.suppress(OSError):  # best effort: never fails the write it follows
+        for candidate in path.parent.iterdir():
+            if pattern.fullmatch(candidate.name):
+                candidate.unlink(missing_ok=True)
 
 
 def _umask() -> int:
@@ -140,7 +215,7 @@ def _migrate(ckpt: dict) -> dict:
     Version 1 → 2: ``method["tau"]`` is renamed ``method["pyramid_coeff"]`` (order kept).
     ``format_version`` keeps the version the file was written with.
     """
-    if ckpt["format_version"] == 1 and isinstance(ckpt["method"], dict):
+    if ckpt["format_version"] == 1 and isinstance(ckpt.get("method"), dict):
         ckpt["method"] = {_V1_METHOD_KEYS.get(k, k): v for k, v in ckpt["method"].items()}
     return ckpt
 
@@ -151,6 +226,9 @@ def _read(path: str | Path, *, mmap: bool) -> dict:
     ``mmap=True`` maps the file instead of reading tensor storage into memory: tensors are
     read only when their data is touched (see ``torch.load``)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file: name the .pt "
+                              "file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train one with "
                                 f"`python -m training.train ... --out {path}`")
@@ -167,6 +245,12 @@ def _read(path: str | Path, *, mmap: bool) -> dict:
     except Exception as err:  # torch.load fails on damaged archives with many error types
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
                               f"({type(err).__name__}: {err})") from err
+    return _validated(ckpt, path)
+
+
+def _validated(ckpt: object, path: Path) -> dict:
+    """``ckpt`` as loaded from ``path``, checked (format tag, version, and the structure of
+    :data:`STRUCTURE`) and migrated to the current keys; CheckpointError names each problem."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not a checkpoint of this toolkit "
                               f"(no format tag {FORMAT!r}); write one with training.train")
@@ -176,10 +260,50 @@ def _read(path: str | Path, *, mmap: bool) -> dict:
             f"toolkit reads versions {', '.join(map(str, READABLE_VERSIONS))}. Use the "
             "toolkit version that wrote it."
         )
-    missing = set(REQUIRED_KEYS) - ckpt.keys()
-    if missing:
-        raise CheckpointError(f"{path} lacks the keys {sorted(missing)}: it is damaged")
-    return _migrate(ckpt)
+    ckpt = _migrate(ckpt)
+    missing = sorted(STRUCTURE.keys() - ckpt.keys())
+    problems = [f"it lacks the keys {missing}"] if missing else [
+        problem for key, expected in STRUCTURE.items()
+        for problem in _structure_problems(repr(key), ckpt[key], expected)]
+    if not problems:
+        problems = _consistency_problems(ckpt)
+    if problems:
+        raise CheckpointError(f"{path} is damaged or was not written by training.train: "
+                              + "; ".join(problems))
+    return ckpt
+
+
+def _structure_problems(where: str, value: object, expected: object) -> list[str]:
+    """What is wrong with ``value`` (found at ``where``) against ``expected``: a type, a
+    predicate with its description ``(type, test, "must be ...")``, or a dict of the entries
+    a dict must hold."""
+    if isinstance(expected, dict):
+        if not isinstance(value, dict):
+            return [f"{where} has type {type(value).__name__}, expected a dict"]
+        problems, name = [], where.strip("'")  # 'metrics' → metrics['epochs']
+        for key, entry in expected.items():
+            if key not in value:
+                problems.append(f"{where} lacks {key!r}")
+            else:
+                problems += _structure_problems(f"{name}[{key!r}]", value[key], entry)
+        return problems
+    kind, test, rule = expected if isinstance(expected, tuple) else (expected, None, "")
+    if not _is(value, kind):
+        return [f"{where} has type {type(value).__name__}, expected {_KIND_NAMES[kind]}"]
+    return [f"{where} {rule}"] if test is not None and not test(value) else []
+
+
+def _is(value: object, kind: type) -> bool:
+    """isinstance, except that a bool is not a whole number (True would pass as 1)."""
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def _consistency_problems(ckpt: dict) -> list[str]:
+    """Disagreements between well-typed keys."""
+    recorded = len(ckpt["metrics"]["epochs"])
+    if ckpt["epoch"] != recorded:
+        return [f"'epoch' is {ckpt['epoch']} but metrics['epochs'] holds {recorded} epochs"]
+    return []
 
 
 def _without_weights(ckpt: dict) -> dict:
@@ -187,7 +311,7 @@ def _without_weights(ckpt: dict) -> dict:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict, validated (format tag, version, required keys), with the
+    """The raw checkpoint dict, validated (format tag, version, :data:`STRUCTURE`), with the
     current key names whatever version wrote it; weights and optimiser state included."""
     return _read(path, mmap=False)
 

@@ -10,6 +10,7 @@ Nothing is downloaded: Fashion-MNIST comes from Debian's ``dataset-fashion-mnist
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,18 +88,39 @@ def load_split(name: str, split: str, *, data_root: str | Path | None = None) ->
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """An idx file (gzipped) as an array: magic 0x0000 08 <ndim>, big-endian int32 dims."""
-    with gzip.open(path, "rb") as f:
-        raw = bytearray(f.read())  # writable, so torch can share it without a copy
-    ndim = raw[3]
+    """An idx file (gzipped) as an array: magic 0x0000 08 <ndim>, big-endian int32 dims.
+
+    A file that is not gzip, ends early or holds other than its header promises raises
+    DatasetError naming it and the fix."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = bytearray(f.read())  # writable, so torch can share it without a copy
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError
+        raise _damaged(path, f"truncated or damaged ({err})") from err
+    ndim = raw[3] if len(raw) >= 4 and raw[:3] == b"\0\0\x08" else 0
+    if ndim == 0 or len(raw) < 4 + 4 * ndim:
+        raise _damaged(path, "damaged: no idx header of unsigned bytes")
     dims = np.frombuffer(raw, ">i4", count=ndim, offset=4)
+    if len(raw) - 4 - 4 * ndim != np.prod(dims, dtype=np.int64):
+        raise _damaged(path, f"damaged: its header promises {'×'.join(map(str, dims))} bytes, "
+                             f"it holds {len(raw) - 4 - 4 * ndim}")
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _read_fashion_mnist(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _damaged(path: Path, problem: str) -> DatasetError:
+    return DatasetError(
+        f"{path} is {problem}. Restore the original file: `apt-get install --reinstall "
+        "dataset-fashion-mnist` for Debian's copy, or download it again into --data-root")
+
+
+def _fashion_mnist_files(root: Path, split: str) -> tuple[Path, Path]:
+    """(images, labels) idx files of a split under ``root``."""
     prefix = "train" if split == "train" else "t10k"
-    image_file = root / f"{prefix}-images-idx3-ubyte.gz"
-    label_file = root / f"{prefix}-labels-idx1-ubyte.gz"
+    return root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"
+
+
+def _read_fashion_mnist(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    image_file, label_file = _fashion_mnist_files(root, split)
     if not (image_file.exists() and label_file.exists()):
         raise DatasetError(
             f"Fashion-MNIST not found: expected {image_file.name} and {label_file.name} in "
@@ -128,8 +150,8 @@ def _read_torchvision(name: str, split: str, data_root) -> tuple[np.ndarray, np.
     if data_root is None:
         raise DatasetError(f"dataset {name!r} needs --data-root: a local folder holding the "
                            "torchvision files (nothing is downloaded)")
-    expected = {"cifar10": "cifar-10-batches-py/", "svhn": f"{split}_32x32.mat",
-                "stl10": "stl10_binary/"}[name]
+    files = _torchvision_files(name, Path(data_root))
+    expected = files[-1] if split == "test" else files[0]  # svhn: one file per split
     try:
         if name == "cifar10":
             ds = tvd.CIFAR10(data_root, train=split == "train", download=False)
@@ -139,9 +161,28 @@ def _read_torchvision(name: str, split: str, data_root) -> tuple[np.ndarray, np.
     except RuntimeError as err:  # torchvision's "Dataset not found or corrupted"
         raise DatasetError(
             f"{name} not found under {data_root}: put the torchvision files there "
-            f"(expected {Path(data_root) / expected}), e.g. by running torchvision's "
+            f"(expected {expected}), e.g. by running torchvision's "
             f"{name.upper()}(root, download=True) on a machine with internet"
         ) from err
+
+
+def _torchvision_files(name: str, root: Path) -> tuple[Path, ...]:
+    """The files or folders under ``root`` torchvision reads ``name`` from (train first)."""
+    return {"cifar10": (root / "cifar-10-batches-py",),
+            "svhn": (root / "train_32x32.mat", root / "test_32x32.mat"),
+            "stl10": (root / "stl10_binary",)}[name]
+
+
+def source_paths(name: str, data_root: str | Path | None = None) -> list[Path]:
+    """The files and folders :func:`load_split` reads dataset ``name`` from (both splits);
+    empty for datasets bundled with a library. Outputs must never be written onto them."""
+    dataset_info(name)
+    if name == "fashion-mnist":
+        root = Path(data_root or FASHION_MNIST_DIR)
+        return [path for split in SPLITS for path in _fashion_mnist_files(root, split)]
+    if name == "digits" or data_root is None:
+        return []
+    return list(_torchvision_files(name, Path(data_root)))
 
 
 def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -150,15 +191,17 @@ def balanced_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     Each class gets n // C rows; the remainder goes one each to the first classes."""
     classes = torch.unique(labels)
     if not 0 < n <= len(labels):
-        raise DatasetError(f"--subset {n} is out of range: the split has {len(labels)} images")
+        raise DatasetError(f"a class-balanced subset of {n} images is out of range: the split has "
+                           f"{len(labels)} images")
     gen = torch.Generator().manual_seed(seed)
     per_class = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
     picks = []
     for c, k in zip(classes, per_class):
         members = torch.nonzero(labels == c).flatten()
         if k > len(members):
-            raise DatasetError(f"--subset {n} asks for {k} images of class {int(c)}, which "
-                               f"has only {len(members)}; choose a smaller subset")
+            raise DatasetError(f"a class-balanced subset of {n} images asks for {k} images of "
+                               f"class {int(c)}, which has only {len(members)}; choose a "
+                               "smaller subset")
         picks.append(members[torch.randperm(len(members), generator=gen)[:k]])
     return torch.sort(torch.cat(picks)).values
 

@@ -15,6 +15,15 @@ Under ``torchrun --nproc_per_node=N -m training.train ...`` the run is data-para
 :mod:`training.distributed`): ``--batch-size`` stays the global batch, each process trains on
 an interleaved 1/N of it, gradients are averaged once per step after all local backwards, and
 only rank 0 prints, logs and writes checkpoints.
+
+Bad input stops a run before any work: numbers outside their :data:`RANGES` (NaN and infinities
+included) while parsing, other settings and the device in :func:`check_config`, and --out and
+--log in :func:`check_outputs` (an existing file is replaced only with --overwrite, or continued
+with --resume when it is this run's checkpoint; never a directory, a read-only file, a dataset
+file, or --out as --log). A loss that becomes non-finite stops the run with
+:class:`TrainingDiverged` before anything of that epoch is saved, so the checkpoint keeps the
+last good epoch and the log stays strict JSON. ``main`` prints each such failure as one
+``error:`` line and exits with status 2; anything else keeps its traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import argparse
 import contextlib
 import copy
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -37,8 +47,9 @@ from tqdm import tqdm
 from training import data as datasets
 from training import distributed
 from training.auglocal import aux_plan, render_plan
-from training.checkpoint import (arch_config, atomic_torch_save, check_resume, checkpoint_dict,
-                                 read_checkpoint)
+from training.checkpoint import (CheckpointError, arch_config, atomic_torch_save, check_resume,
+                                 checkpoint_dict, checkpoint_meta, read_checkpoint)
+from training.checks import Range, check_distinct, check_output, device_problem
 from training.distributed import SINGLE, World
 from training.local import METHODS, MethodConfig
 from training.memory import forward_macs, measure_step_memory
@@ -86,16 +97,37 @@ class TrainConfig:
             else self.warmup_epochs
 
 
+# The values each numeric setting accepts (None, where a field allows it, means "default").
+# parse_args refuses others while parsing; check_config refuses them in a TrainConfig.
+RANGES = {
+    "K": Range(int, 1), "aux_depth": Range(int, 1), "pyramid_coeff": Range(float, 0, 1),
+    "width": Range(int, 1), "subset": Range(int, 1), "epochs": Range(int, 1),
+    "batch_size": Range(int, 1), "lr": Range(float, 0, low_open=True),
+    "momentum": Range(float, 0, 1, low_open=True, high_open=True),  # > 0: Nesterov
+    "weight_decay": Range(float, 0), "warmup_epochs": Range(int, 0), "threads": Range(int, 1),
+    "eval_batch_size": Range(int, 1),
+}
+
+
 @dataclass(frozen=True)
 class EpochStats:
     train_loss: float
     train_acc: float
     images: int
     seconds: float
+    first_nonfinite_step: int | None = None  # 0-based batch of this process, if any
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite; nothing of that epoch was saved."""
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 def check_config(config: TrainConfig, world_size: int = 1) -> None:
-    """Reject impossible settings up front, naming the flag and the fix.
+    """Reject impossible settings up front, naming the flag and the fix (one line).
 
     ``world_size``: the processes of a torchrun run, which share each global batch."""
     problems = []
@@ -103,13 +135,15 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
         problems.append(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
     if config.arch not in BLOCKS_PER_STAGE:
         problems.append(f"--arch {config.arch!r}: choose one of {', '.join(BLOCKS_PER_STAGE)}")
-    for flag, value in (("--epochs", config.epochs), ("--batch-size", config.batch_size),
-                        ("--width", config.width), ("--eval-batch-size", config.eval_batch_size)):
-        if value < 1:
-            problems.append(f"{flag} {value}: must be at least 1")
-    if config.lr <= 0:
-        problems.append(f"--lr {config.lr}: must be positive")
-    if not 0 <= config.warmup <= config.epochs:
+    for field, allowed in RANGES.items():
+        value = getattr(config, field)
+        if value is not None and not allowed.admits(value):
+            problems.append(f"{_flag(field)} {value}: must be {allowed}")
+    device = device_problem(config.device)
+    if device:
+        problems.append(device)
+    if (RANGES["epochs"].admits(config.epochs) and RANGES["warmup_epochs"].admits(config.warmup)
+            and config.warmup > config.epochs):
         problems.append(f"--warmup-epochs {config.warmup}: must lie in [0, --epochs]")
     if config.resume and config.overwrite:
         problems.append("--resume and --overwrite contradict each other: pick one")
@@ -118,12 +152,31 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
                         f"divisible by the {world_size} processes; choose e.g. "
                         f"{max(config.batch_size // world_size, 1) * world_size}")
     if problems:
-        raise ValueError("invalid training settings:\n  " + "\n  ".join(problems))
+        raise ValueError("invalid training settings: " + "; ".join(problems))
+
+
+def check_outputs(config: TrainConfig) -> None:
+    """Refuse, before any work, a --out or --log that cannot or must not be written: the same
+    file twice, a dataset file, a directory, an unwritable folder, a read-only file, an
+    existing file without --overwrite, or (--resume) a --out that is not a checkpoint of this
+    run's settings."""
+    out, log = Path(config.out), config.log_path
+    inputs = [(f"{config.dataset}'s dataset {'folder' if path.is_dir() else 'file'}", path)
+              for path in datasets.source_paths(config.dataset, config.data_root)]
+    check_distinct({"--out": out, "--log": log}, inputs)
+    replace = config.overwrite or config.resume
+    check_output(out, "--out", replace=replace,
+                 fix="pass --resume to continue that run or --overwrite to start again")
+    check_output(log, "--log", replace=replace,
+                 fix="pass --overwrite to replace it, --resume to continue the run it logs, "
+                     "or choose another --log")
+    if config.resume and out.exists():
+        check_resume(asdict(config), checkpoint_meta(out), out)
 
 
 def method_config(config: TrainConfig, n_layers: int) -> MethodConfig:
     """The method's settings; K defaults to one local module per layer."""
-    K = config.K or n_layers
+    K = n_layers if config.K is None else config.K
     if config.method == "auglocal":
         return MethodConfig("auglocal", K, config.aux_depth, config.pyramid_coeff)
     return MethodConfig("dgl", K) if config.method == "dgl" else MethodConfig("bp")
@@ -142,10 +195,13 @@ def train_epoch(step, optimizer: torch.optim.Optimizer,
 
     With a distributed ``world``, ``batches`` are this rank's shares of the global batches,
     gradients are averaged over the ranks before each optimiser step, and the returned loss,
-    accuracy and image count cover all ranks."""
+    accuracy and image count cover all ranks. A non-finite loss is noted, without stopping
+    the loop (that would need a device synchronisation per batch), and makes the returned
+    loss non-finite."""
     step.trainable.train()  # primary and aux nets alike
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite batch
     seen = 0
     start = time.perf_counter()
     for i, (x, y) in enumerate(batches):
@@ -154,6 +210,7 @@ def train_epoch(step, optimizer: torch.optim.Optimizer,
             group["lr"] = lr_at(i)
         optimizer.zero_grad(set_to_none=True)
         out = step(x, y)   # every backward of the step, local methods included
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.loss), i, first_bad)
         distributed.average_gradients(step.trainable, world)
         optimizer.step()
         loss_sum += out.loss * len(y)
@@ -168,7 +225,9 @@ def train_epoch(step, optimizer: torch.optim.Optimizer,
     seconds = time.perf_counter() - start
     loss_total, correct_total, seen = distributed.sum_over_ranks(
         [loss_sum.item(), correct.item(), seen], world, device)
-    return EpochStats(loss_total / seen, correct_total / seen, int(seen), seconds)
+    bad = int(first_bad)
+    return EpochStats(loss_total / seen, correct_total / seen, int(seen), seconds,
+                      bad if bad >= 0 else None)
 
 
 @torch.inference_mode()
@@ -213,9 +272,12 @@ COST_KEYS = ("memory", "macs_per_image")  # the run's cost metrics, measured onc
 
 def restore(config: TrainConfig, step, optimizer) -> tuple[int, list[dict], dict]:
     """Load the checkpoint at ``config.out`` into step and optimiser:
-    (epochs done, per-epoch history, the run's cost metrics)."""
+    (epochs done, per-epoch history, the run's cost metrics). :func:`check_outputs` has
+    checked that its settings are this run's."""
     ckpt = read_checkpoint(config.out)
-    check_resume(asdict(config), ckpt, config.out)
+    if not isinstance(ckpt.get("optimizer"), dict):
+        raise CheckpointError(f"{config.out} holds no optimiser state, so the run cannot be "
+                              "resumed from it; start again with --overwrite")
     step.model.load_state_dict(ckpt["state_dict"])
     step.load_aux_state_dict(ckpt.get("aux_state_dict"))
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -264,10 +326,8 @@ def train(config: TrainConfig) -> dict:
     Under torchrun every process calls this (see :mod:`training.distributed`); rank 0 returns
     the metrics, the other ranks only those of the epochs they resumed from."""
     check_config(config, distributed.world_from_env().world_size)
-    out = Path(config.out)
-    if out.exists() and not (config.resume or config.overwrite or config.dry_run):
-        raise FileExistsError(f"{out} exists: pass --resume to continue that run or "
-                              "--overwrite to start again")
+    if not config.dry_run:
+        check_outputs(config)
     world, device, created = distributed.setup(config.device)
     try:
         return _train(config, world, device)
@@ -318,7 +378,7 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
         log = config.log_path.open("a" if done else "w")
     with log:
         if done == 0 and world.is_main:
-            log.write(json.dumps({"event": "cost", **cost}) + "\n")
+            log.write(json_line({"event": "cost", **cost}))
         for epoch in range(done, config.epochs):
             lr_at = lambda i, e=epoch: learning_rate(e + i / steps, lr=config.lr,  # noqa: E731
                                                      epochs=config.epochs,
@@ -328,10 +388,18 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
                       leave=False) as bar:
                 stats = train_epoch(step, optimizer, batches(epoch), lr_at=lr_at,
                                     device=device, progress=bar, world=world)
+            if not math.isfinite(stats.train_loss):  # the same on every rank: summed over all
+                step_text = ("on another process" if stats.first_nonfinite_step is None else
+                             f"step {stats.first_nonfinite_step + 1} of {steps}")
+                raise diverged(config, f"the training loss became {stats.train_loss} at "
+                                       f"epoch {epoch + 1}, {step_text}", epoch)
             distributed.average_buffers(step.trainable, world)
             if world.is_main:
                 test_loss, test_acc = evaluate(model, test_set,
                                                batch_size=config.eval_batch_size, device=device)
+                if not math.isfinite(test_loss):
+                    raise diverged(config, f"the test loss is {test_loss} after epoch "
+                                           f"{epoch + 1}", epoch)
                 record = {"event": "epoch", "epoch": epoch + 1, "lr_start": lr_at(0),
                           "train_loss": stats.train_loss, "train_acc": stats.train_acc,
                           "test_loss": test_loss, "test_acc": test_acc,
@@ -339,55 +407,80 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
                           "images_per_second": stats.images / stats.seconds}
                 if world.launched:
                     record["world_size"] = world.world_size
+                line = json_line(record)  # refuses what is not JSON before anything is saved
                 history.append(record)
                 save_checkpoint(config, method, step, optimizer, info, epoch + 1, history,
                                 cost)
-                log.write(json.dumps(record) + "\n")  # after the checkpoint: a resume never
-                log.flush()                              # logs an epoch twice
+                log.write(line)  # after the checkpoint: a resume never logs an epoch twice
+                log.flush()
                 say(f"epoch {epoch + 1}/{config.epochs}: train loss {stats.train_loss:.4f}, "
                     f"test acc {test_acc:.4f} ({stats.images / stats.seconds:.0f} img/s)")
             distributed.barrier(world)  # the others wait for rank 0's evaluation and checkpoint
     return {"epochs": history}
 
 
+def json_line(record: dict) -> str:
+    """One line of the JSON-lines log: strict JSON (NaN and infinities are refused)."""
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
+def diverged(config: TrainConfig, what: str, epochs_done: int) -> TrainingDiverged:
+    """The error that stops a run whose loss became non-finite after ``epochs_done`` good
+    epochs; the checkpoint at --out is left as it was."""
+    kept = (f"{config.out} keeps the checkpoint of epoch {epochs_done}" if epochs_done else
+            "no checkpoint of this run was written")
+    return TrainingDiverged(f"training diverged: {what}; {kept}. Lower --lr (now {config.lr:g})"
+                            " or check the data, then start again with --overwrite")
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """The settings ``argv`` names; a bad option (a number outside its :data:`RANGES`
+    included) exits with a usage error naming it (status 2)."""
     defaults = TrainConfig()
+
+    def number(field: str) -> dict:
+        """add_argument keywords of a numeric setting: its range as the type, its default."""
+        return {"type": RANGES[field].parse, "default": getattr(defaults, field)}
+
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default=defaults.method, choices=METHODS,
                    help="bp (backprop), auglocal (Ma et al. 2024) or dgl (DGL-style local)")
-    p.add_argument("--K", type=int, help="local modules (default: one per layer; AugLocal "
-                   "trains K − aux-depth of them by aux nets, as the authors' code does)")
-    p.add_argument("--aux-depth", type=int, default=defaults.aux_depth,
+    p.add_argument("--K", **number("K"), help="local modules (default: one per layer; "
+                   "AugLocal trains K − aux-depth of them by aux nets, as the authors' code "
+                   "does)")
+    p.add_argument("--aux-depth", **number("aux_depth"),
                    help="AugLocal: blocks per aux net before the pyramid (2)")
-    p.add_argument("--pyramid-coeff", type=float, default=defaults.pyramid_coeff,
+    p.add_argument("--pyramid-coeff", **number("pyramid_coeff"),
                    help="AugLocal: pyramid coefficient τ of the pyramidal depth "
                    "schedule (0.5; 0: constant)")
     p.add_argument("--arch", default=defaults.arch, choices=list(BLOCKS_PER_STAGE))
-    p.add_argument("--width", type=int, default=defaults.width,
+    p.add_argument("--width", **number("width"),
                    help="base channels (first stage; later stages 2× and 4×)")
     p.add_argument("--dataset", default=defaults.dataset, choices=list(datasets.DATASETS))
     p.add_argument("--data-root", help="folder with the dataset files (CIFAR-10/SVHN/STL-10; "
                    "Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--subset", type=int, help="train on a class-balanced subset of N images")
+    p.add_argument("--subset", **number("subset"),
+                   help="train on a class-balanced subset of N images")
     p.add_argument("--subset-seed", type=int, default=defaults.subset_seed,
                    help="which subset (0); independent of --seed")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
-    p.add_argument("--momentum", type=float, default=defaults.momentum)
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--warmup-epochs", type=int, help="linear warm-up from 0.01 (default: 10 %% "
-                   "of --epochs)")
+    p.add_argument("--epochs", **number("epochs"))
+    p.add_argument("--batch-size", **number("batch_size"))
+    p.add_argument("--lr", **number("lr"), help="peak learning rate")
+    p.add_argument("--momentum", **number("momentum"))
+    p.add_argument("--weight-decay", **number("weight_decay"))
+    p.add_argument("--warmup-epochs", **number("warmup_epochs"),
+                   help="linear warm-up from 0.01 (default: 10 %% of --epochs)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--out", default=defaults.out, help="checkpoint path (written every epoch)")
     p.add_argument("--log", help="JSON-lines log (default: --out with suffix .jsonl)")
     p.add_argument("--resume", action="store_true",
                    help="continue --out from its last completed epoch")
-    p.add_argument("--overwrite", action="store_true", help="start again over an existing --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again over an existing --out and --log")
     p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--eval-batch-size", type=int, default=defaults.eval_batch_size)
+    p.add_argument("--threads", **number("threads"), help="torch CPU threads")
+    p.add_argument("--eval-batch-size", **number("eval_batch_size"))
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bar")
     p.add_argument("--dry-run", action="store_true",
@@ -396,12 +489,20 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return replace(defaults, **args)
 
 
+# The failures bad input or an unlucky environment cause; anything else is a bug and keeps
+# its traceback. OSError covers missing, unreadable and unwritable files and a full disk.
+EXPECTED_FAILURES = (ValueError, OSError, TrainingDiverged)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The command line: bad options exit while parsing (argparse, status 2); an expected
+    failure of the run prints one ``error:`` line and exits with status 2."""
     config = parse_args(argv)
     try:
         train(config)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    except EXPECTED_FAILURES as err:
+        print("error: " + str(err).replace("\n", " "), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
