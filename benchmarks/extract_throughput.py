@@ -7,9 +7,11 @@ not importable) on random 32×32 inputs, and prints a markdown table: images/s o
 forward (eval, ``inference_mode``), of extraction with ``gap`` and with ``flatten`` (lzf, and
 ``flatten`` uncompressed: lzf costs more CPU than the forward pass on such maps), their
 throughput ratio to the forward run by wall-clock and by process CPU time (the latter is
-steadier when other jobs share the cores), and the file size. Each repeat runs the jobs in a
-new seeded order and the best of ``--repeats`` counts, so background load hurts every row
-alike. Goal: ``gap`` ≥ 0.9.
+steadier when other jobs share the cores), the file size, and what the per-chunk checksums
+(fletcher32, on by default) cost: each extraction also runs without them, and the last column
+is its time with checksums over its time without (wall-clock / CPU). Each repeat runs the
+jobs in a new seeded order and the best of ``--repeats`` counts, so background load hurts
+every row alike. Goal: ``gap`` ≥ 0.9.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
 
 from repsim.extract import extract
+from repsim.store import ActivationWriter
 
 
-# (reduction, compression) of each timed extraction
+# (reduction, compression) of each timed extraction, each with and without checksums
 EXTRACTIONS = (("gap", "lzf"), ("flatten", "lzf"), ("flatten", None))
+UNCHECKED = ", no checksums"  # suffix of the name of a run without checksums
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,16 @@ def forward_all(model: nn.Module, batches: list) -> None:
             model(inputs)
 
 
+def extraction(model: nn.Module, batches: list, layers: list[str], path: Path, reduction: str,
+               compression: str | None, checksums: bool):
+    """A job that extracts ``layers`` to ``path``, with or without the writer's checksums."""
+    def job() -> None:
+        with mock.patch.object(ActivationWriter, "fletcher32", checksums):
+            extract(model, batches, layers, path, reductions=(reduction,),
+                    compression=compression, progress=False)
+    return job
+
+
 def run(model: nn.Module, layers: list[str], images: int, batch: int, repeats: int,
         folder: Path) -> list[Row]:
     batches = make_batches(images, batch)
@@ -84,8 +99,10 @@ def run(model: nn.Module, layers: list[str], images: int, batch: int, repeats: i
     path = folder / "acts.h5"
     jobs = {"forward": lambda: forward_all(model, batches)}
     for reduction, compression in EXTRACTIONS:
-        jobs[f"{reduction} ({compression})"] = lambda r=reduction, c=compression: extract(
-            model, batches, layers, path, reductions=(r,), compression=c, progress=False)
+        for checksums in (True, False):
+            name = f"{reduction} ({compression}){'' if checksums else UNCHECKED}"
+            jobs[name] = extraction(model, batches, layers, path, reduction, compression,
+                                    checksums)
     wall = {name: float("inf") for name in jobs}
     cpu = dict(wall)
     sizes: dict[str, int] = {}
@@ -100,15 +117,27 @@ def run(model: nn.Module, layers: list[str], images: int, batch: int, repeats: i
     return [Row(name, images / wall[name], cpu[name] / images, sizes.get(name)) for name in jobs]
 
 
+def checksum_cost(row: Row, by_name: dict[str, Row]) -> str:
+    """'wall / CPU' time of ``row`` over that of the same run without checksums, or –."""
+    unchecked = by_name.get(row.name + UNCHECKED)
+    if unchecked is None:
+        return "–"
+    return (f"{unchecked.images_per_s / row.images_per_s:.2f} / "
+            f"{row.cpu_s_per_image / unchecked.cpu_s_per_image:.2f}")
+
+
 def table(rows: list[Row]) -> str:
     forward = rows[0]
-    lines = ["| run | images/s | ratio to forward | ratio by CPU time | file size (MB) |",
-             "|---|---:|---:|---:|---:|"]
+    by_name = {row.name: row for row in rows}
+    lines = ["| run | images/s | ratio to forward | ratio by CPU time | file size (MB) | "
+             "checksum cost (wall / CPU) |",
+             "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         size = "–" if row.file_bytes is None else f"{row.file_bytes / 1e6:.1f}"
         lines.append(f"| {row.name} | {row.images_per_s:.0f} | "
                      f"{row.images_per_s / forward.images_per_s:.2f} | "
-                     f"{forward.cpu_s_per_image / row.cpu_s_per_image:.2f} | {size} |")
+                     f"{forward.cpu_s_per_image / row.cpu_s_per_image:.2f} | {size} | "
+                     f"{checksum_cost(row, by_name)} |")
     return "\n".join(lines)
 
 

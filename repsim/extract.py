@@ -40,7 +40,7 @@ class Reduction:
     """How a (B, C, *spatial) layer output becomes a (B, D) matrix.
 
     ``flatten``: D = C·H·W; ``gap``: mean over the spatial axes, D = C;
-    ``pool<k>``: adaptive average pool to k×k, D = C·k·k.
+    ``pool<k>``: adaptive average pool to k×k, D = C·k·k, for maps of at least k×k.
     """
 
     name: str
@@ -56,6 +56,7 @@ class Reduction:
             reduced = out.flatten(2).mean(2)  # on CPU several times faster than mean(dim=(2, 3))
         else:
             self._require_spatial(out, layer, min_dim=4, max_dim=4)
+            self._require_pool_fits(out, layer)
             reduced = F.adaptive_avg_pool2d(out, self.pool_size).flatten(1)
         return reduced.to(device="cpu", dtype=torch.float32, copy=True).numpy()
 
@@ -67,6 +68,19 @@ class Reduction:
                 f"reduction {self.name!r} needs a {want} output, but layer {layer!r} gave "
                 f"shape {tuple(out.shape)}; use reductions=('flatten',) for this layer or "
                 "drop it from the list"
+            )
+
+
+    def _require_pool_fits(self, out: torch.Tensor, layer: str) -> None:
+        """Refuse a k×k pool larger than the (H, W) map: adaptive pooling would repeat values
+        (upsample) instead of averaging them."""
+        h, w = out.shape[2:]
+        if self.pool_size > min(h, w):
+            raise ExtractError(
+                f"reduction {self.name!r} needs a feature map of at least "
+                f"{self.pool_size}×{self.pool_size}, but the map of layer {layer!r} is {h}×{w} "
+                f"(pooling would repeat values, not average them); use pool<k> with "
+                f"k ≤ {min(h, w)}, or 'gap' or 'flatten'"
             )
 
 
@@ -284,15 +298,16 @@ def extract(model: nn.Module, batches: Iterable, layers: Sequence[str],
         strictly ascending across the whole iterable; its length need not be known.
     layers: module names (``dict(model.named_modules())`` keys), each run once per forward;
         tuple outputs contribute ``out[0]``.
-    reductions: each of ``flatten`` (B, C·H·W), ``gap`` (B, C), ``pool<k>`` (B, C·k·k),
-        applied to every layer.
+    reductions: each of ``flatten`` (B, C·H·W), ``gap`` (B, C), ``pool<k>`` (B, C·k·k,
+        refused for a layer whose map is smaller than k×k), applied to every layer.
     meta: provenance (checkpoint sha256, dataset, split, arch, method, epoch, ...), stored as
         JSON attributes of ``/model``.
     compression: ``"lzf"`` (fast), ``"gzip"`` (smaller, slower) or None.
 
     The file is written by :class:`repsim.store.ActivationWriter`: under a temporary name
-    beside ``out_path``, renamed only once complete (replacing any older file); on any error
-    the temporary file is removed and the error propagates. Returns ``out_path`` as a Path.
+    beside ``out_path``, renamed only once complete (replacing any older file); on any error,
+    Ctrl-C or SIGTERM the temporary file is removed and the error propagates (SIGTERM as
+    ``SystemExit(143)``). Returns ``out_path`` as a Path.
     Set ``HDF5_USE_FILE_LOCKING=FALSE`` on NFS. Read it with
     :class:`repsim.store.ActivationFile`.
     """

@@ -311,6 +311,23 @@ def test_pool_of_a_3d_output_is_refused(tmp_path):
            model=model, batches=batches, layers=["0"], reductions=("pool2",))
 
 
+@pytest.mark.parametrize("size, reduction, match", [
+    ((16, 16), "pool17", r"'pool17' .*'stem' is 16×16.*pool<k> with k ≤ 16.*'gap' or 'flatten'"),
+    ((4, 8), "pool5", r"'pool5' .*'stem' is 4×8.*pool<k> with k ≤ 4"),
+], ids=["square", "oblong"])
+def test_pool_larger_than_the_feature_map_is_refused(tmp_path, size, reduction, match):
+    x = torch.randn(4, 3, *size, generator=torch.Generator().manual_seed(1))
+    refuse(tmp_path, match, batches=make_batches(x, 4), reductions=("gap", reduction))
+
+
+def test_pool_to_the_feature_map_size_equals_flatten(tmp_path):
+    model, x = tiny_net(), inputs(8, 6)
+    path = extract(model, make_batches(x, 4), ["stem"], tmp_path / "a.h5",
+                   reductions=("flatten", "pool6"), progress=False)
+    with ActivationFile(path) as f:
+        np.testing.assert_array_equal(f.read("stem", "pool6"), f.read("stem", "flatten"))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(layers=[]), r"layers must be a non-empty list"),
     (dict(layers="stem"), r"layers must be a non-empty list.*'stem'"),
