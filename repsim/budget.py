@@ -5,7 +5,7 @@ Minibatch CKA (:func:`repsim.cka.minibatch_memory`), the streamed probe
 (:func:`repsim.projection.projection_memory`) each state a *memory rule*: the bytes their
 arrays hold at most when they work on b rows at a time. Given ``max_memory`` they take the
 largest b whose rule fits, found by :func:`largest_fitting`, and refuse a budget that cannot
-hold even the smallest b, saying what it must hold.
+hold even the smallest b, saying what it must hold (sizes written by :func:`format_bytes`).
 
 The promise, for a budget B: the peak RSS of the process grows by at most
 ``GROWTH_FACTOR · B + FIXED_OVERHEAD`` while the analysis runs. The rules count the arrays;
@@ -23,11 +23,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FIXED_OVERHEAD", "GROWTH_FACTOR", "check_budget", "largest_fitting"]
+__all__ = ["FIXED_OVERHEAD", "GROWTH_FACTOR", "check_budget", "format_bytes", "largest_fitting"]
 
 MIB = 2**20
 GROWTH_FACTOR = 2.0          # peak RSS growth per byte of budget, at most
 FIXED_OVERHEAD = 32 * MIB    # bytes on top: BLAS and HDF5 buffers, the allocator's cached blocks
+UNITS = ("B", "KiB", "MiB", "GiB", "TiB")  # of format_bytes, each 1024 of the one before
 
 
 def check_budget(max_memory: Any, error: type[Exception] = ValueError) -> int:
@@ -50,3 +51,14 @@ def largest_fitting(memory: Callable[[int], int], budget: int, low: int, high: i
         else:
             high = mid - 1
     return low
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes for a message, to 3 significant digits in the smallest binary unit that
+    keeps the number under 1000: 100 → "100 B", 1536 → "1.5 KiB", 2**20 → "1 MiB"."""
+    value = float(n)
+    for unit in UNITS:
+        text = f"{value:.3g}"
+        if float(text) < 1000 or unit == UNITS[-1]:
+            return f"{text} {unit}"
+        value /= 1024

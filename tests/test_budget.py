@@ -4,6 +4,7 @@ CKA batch size against the definition, and the promised RSS growth in a fresh pr
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from repsim.budget import FIXED_OVERHEAD, GROWTH_FACTOR, check_budget, largest_fitting
+from repsim.budget import (
+    FIXED_OVERHEAD,
+    GROWTH_FACTOR,
+    check_budget,
+    format_bytes,
+    largest_fitting,
+)
 from repsim.cka import minibatch_batch_size, minibatch_memory
 from repsim.extract import extract
+from repsim.probe import probe_block_rows, probe_memory, projection_block_rows
+from repsim.projection import projection_memory
 
 MIB = 2**20
 
@@ -51,6 +60,48 @@ def test_a_budget_that_is_not_a_positive_int_is_refused(bad):
     with pytest.raises(ValueError, match=f"max_memory must be a positive number of bytes, got "
                                          f"{bad!r}"):
         check_budget(bad)
+
+
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def parse_bytes(text):
+    """'1.5 KiB' → 1536.0, the number of bytes the text says."""
+    number, unit = text.split()
+    return float(number) * UNITS[unit]
+
+
+@given(st.integers(0, 2**45))
+def test_format_bytes_keeps_three_significant_digits_in_the_unit_under_1000(n):
+    text = format_bytes(n)
+    number, unit = text.split()
+    assert 0 <= float(number) < 1000
+    assert len(number.replace(".", "").lstrip("0")) <= 3  # at most 3 significant digits
+    assert parse_bytes(text) == pytest.approx(n, rel=5e-3, abs=0.5)
+    assert unit == "B" or float(number) >= 0.9  # the smallest unit that keeps it under 1000
+
+
+def mentioned(message, before):
+    """The byte counts in a message, each written as '<before><number> <unit>'."""
+    return [parse_bytes(f"{m[0]} {m[1]}") for m in
+            re.findall(before + r"([\d.]+(?:e[+-]?\d+)?) (B|KiB|MiB|GiB|TiB)\b", message)]
+
+
+@pytest.mark.parametrize("refuse, need", [
+    (lambda: probe_block_rows(2, 10, 2, 100), lambda: probe_memory(2, 10, 2, 1)),
+    (lambda: projection_block_rows(20, 2, 10, 2, 100),
+     lambda: max(projection_memory(20, 2, 10, 1), probe_memory(2, 10, 2, 10))),
+    (lambda: minibatch_batch_size([3], [2], 50, 100), lambda: minibatch_memory([3], [2], 4)),
+])
+def test_budget_errors_write_small_sizes_in_a_readable_unit(refuse, need):
+    """'at least 0.0 MiB' said nothing: every rule writes the budget and the need it could not
+    meet in the unit that shows their digits."""
+    with pytest.raises(ValueError) as caught:
+        refuse()
+    message = str(caught.value)
+    assert mentioned(message, "max_memory=") == [pytest.approx(100, rel=5e-3)]
+    (said,) = mentioned(message, r"(?:at least |needs )")
+    assert said == pytest.approx(need(), rel=5e-3) and said > 0
 
 
 CHILD = """

@@ -558,3 +558,124 @@ def test_minibatch_accumulator_errors():
     with pytest.raises(ValueError, match=r"batch_a lacks layers \['x'\]; it has \['z'\]"):
         acc.update({"z": x[:10]}, {"y": y[:10]})
     assert acc.n_batches_ == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Extreme magnitudes and bandwidths: the answer of the same data at a normal scale, or of an
+# arbitrary-precision reference, never 0, inf or NaN
+# ---------------------------------------------------------------------------------------------
+
+# 1e306: the column sums of 100 rows overflow float64; 1e-300: every product underflows
+EXTREME_SCALES = [1e-300, 1e-200, 1e-160, 1e160, 1e200, 1e306]
+
+
+@pytest.mark.parametrize("scale", EXTREME_SCALES)
+@pytest.mark.parametrize("options, oracle", [({}, 0.5576132566), ({"form": "gram"}, 0.5576132566),
+                                             ({"debiased": True}, 0.5134564895),
+                                             ({"debiased": True, "form": "gram"}, 0.5134564895)])
+def test_linear_cka_of_extreme_magnitudes_is_the_oracle(scale, options, oracle):
+    x, y = oracle_xy()
+    assert linear_cka(x * scale, y, **options) == pytest.approx(oracle, abs=1e-10)
+    assert linear_cka(x * scale, y * scale, **options) == pytest.approx(oracle, abs=1e-10)
+
+
+@pytest.mark.parametrize("scale", EXTREME_SCALES)
+@pytest.mark.parametrize("options", [{}, {"debiased": True}, {"kernel": "rbf"},
+                                     {"batch_size": 20}])
+def test_cka_matrix_of_extreme_magnitudes_equals_the_normal_scale(scale, options):
+    rng = np.random.default_rng(3)
+    a = {"narrow": rng.standard_normal((60, 5)), "wide": rng.standard_normal((60, 90))}
+    b = {"mixed": a["narrow"] @ rng.standard_normal((5, 7)) + rng.standard_normal((60, 7))}
+    normal = cka_matrix(a, b, **options).matrix
+    extreme = cka_matrix({k: v * scale for k, v in a.items()}, b, **options).matrix
+    np.testing.assert_allclose(extreme, normal, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("power", [-1000, -40, 7, 40, 1000])
+def test_scaling_by_a_power_of_two_gives_the_same_bits(power):
+    """Every layer is scaled by a power of two before its Grams are formed, which is exact: the
+    scale of the input cannot show in the result, not even in its last bit."""
+    x, y = random_xy(2, 48, 30, 70)
+    b = {"narrow": y[:, :20], "wide": y}  # all p < n (feature form) and p ≥ n (Gram form)
+    for options in ({}, {"debiased": True}, {"kernel": "rbf"}, {"batch_size": 12}):
+        base = cka_matrix({"x": x}, b, **options).matrix
+        scaled = cka_matrix({"x": x * 2.0**power}, b, **options).matrix
+        np.testing.assert_array_equal(scaled, base)
+
+
+def test_minibatch_with_batches_of_wildly_different_magnitudes():
+    """A layer whose batches differ by 1e200 in scale: the small batch adds nothing the float64
+    answer can show, so the result is that of the same layer divided by the large scale."""
+    x, y = random_xy(4, 40, 6, 9)
+    scaled = x.copy()
+    scaled[:20] *= 1e100
+    scaled[20:] *= 1e-100
+    acc = MinibatchCKA(["x"], ["y"])
+    for s in (0, 20):
+        acc.update({"x": scaled[s:s + 20]}, {"y": y[s:s + 20]})
+    expected = ref_minibatch_cka(scaled / 1e100, y, 20)
+    assert np.isfinite(expected)
+    assert acc.compute()[0, 0] == pytest.approx(expected, abs=1e-12)
+
+
+def mp_rbf_cka(x, y, threshold, debiased):
+    """RBF CKA in arbitrary precision (mpmath), the kernel as defined, exp of every entry:
+    no expm1, no rescaling. Kornblith's bandwidth (median of the n² squared distances)."""
+    import mpmath
+
+    # HSIC of K = 1 − ε·u is of order ε², ε = 1/2t²: 40 digits beyond its cancellation
+    digits = 40 + int(4 * abs(np.log10(threshold)))
+    with mpmath.workdps(digits):
+        grams = []
+        for v in (x, y):
+            d2 = ((v[:, None, :] - v[None, :, :]) ** 2).sum(-1)
+            width = 2 * mpmath.mpf(threshold) ** 2 * mpmath.mpf(np.median(d2))
+            grams.append(mpmath.matrix([[mpmath.exp(-mpmath.mpf(e) / width) for e in row]
+                                        for row in d2]))
+        hsic = mp_hsic1 if debiased else mp_centred_inner
+        value = hsic(*grams) / mpmath.sqrt(hsic(grams[0], grams[0]) * hsic(grams[1], grams[1]))
+        return float(value)
+
+
+def mp_centred_inner(k, l):
+    """⟨HKH, HLH⟩ from row, column and grand means, O(n²)."""
+    n = k.rows
+
+    def centred(m):
+        rows = [sum(m[i, j] for j in range(n)) / n for i in range(n)]
+        grand = sum(rows) / n
+        return [[m[i, j] - rows[i] - rows[j] + grand for j in range(n)] for i in range(n)]
+
+    kc, lc = centred(k), centred(l)
+    return sum(kc[i][j] * lc[i][j] for i in range(n) for j in range(n))
+
+
+def mp_hsic1(k, l):
+    """Song et al.'s HSIC₁ from the zero-diagonal Grams, O(n²)."""
+    n = k.rows
+    kt = [[k[i, j] if i != j else 0 for j in range(n)] for i in range(n)]
+    lt = [[l[i, j] if i != j else 0 for j in range(n)] for i in range(n)]
+    rk, rl = [sum(r) for r in kt], [sum(r) for r in lt]
+    trace = sum(kt[i][j] * lt[i][j] for i in range(n) for j in range(n))
+    return (trace + sum(rk) * sum(rl) / ((n - 1) * (n - 2))
+            - 2 * sum(a * b for a, b in zip(rk, rl)) / (n - 2)) / (n * (n - 3))
+
+
+@pytest.mark.parametrize("threshold", [1e-200, 1e-3, 0.05, 0.7, 3.0, 1e6, 1e8, 1e20, 1e200])
+@pytest.mark.parametrize("debiased", [False, True])
+def test_rbf_cka_at_any_threshold_matches_arbitrary_precision(threshold, debiased):
+    x, y = random_xy(6, 21, 4, 3)  # odd n: the median of the n² distances is one entry
+    expected = mp_rbf_cka(x, y, threshold, debiased)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rbf_cka(x, y, threshold=threshold, debiased=debiased) == pytest.approx(
+            expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("debiased, oracle", [(False, 0.5576132566), (True, 0.5134564895)])
+def test_rbf_cka_of_a_huge_threshold_is_linear_cka(debiased, oracle):
+    """exp(−d/2σ²) ≈ 1 − d/2σ² and the centred −d is 2·XXᵀ centred: σ → ∞ is linear CKA."""
+    x, y = oracle_xy()
+    for threshold in (1e6, 1e10, 1e100, 1e300):
+        assert rbf_cka(x, y, threshold=threshold, debiased=debiased) == pytest.approx(
+            oracle, abs=1e-9)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,14 @@ from analyses.outputs import write_similarity
 from repsim import plot
 from repsim.cka import CKAResult, cka_matrix
 from repsim.extract import extract
-from repsim.measures import MEASURES, PairwiseMeasure, SimilarityResult, get_measure, register
+from repsim.measures import (
+    MEASURES,
+    PairwiseMeasure,
+    ProvenanceWarning,
+    SimilarityResult,
+    get_measure,
+    register,
+)
 from repsim.sources import ActivationSet, SourceError
 from repsim.store import ActivationFile
 
@@ -224,3 +232,53 @@ def test_probes_are_the_same_on_files_and_in_memory(probe_files, options):
         from_memory = repsim.probe.probe_layers(in_memory(train), in_memory(test),
                                                 reduction="flatten", **options)
     assert from_files.records() == from_memory.records()
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance: two sources that say they hold different inputs are refused by every measure
+# ---------------------------------------------------------------------------------------------
+
+
+def sourced(seed, **meta):
+    rng = np.random.default_rng(seed)
+    return ActivationSet.from_arrays({"l": rng.standard_normal((30, 4))}, meta=meta,
+                                     indices=np.arange(30), reduction="flatten")
+
+
+@pytest.mark.parametrize("measure", ["linear_cka", "rbf_cka", "mean_abs_corr"])
+@pytest.mark.parametrize("meta_b, match", [
+    ({"dataset": "cifar10", "split": "test"},
+     r"a and b hold different datasets \('fashion-mnist' vs 'cifar10'\)"),
+    ({"dataset": "fashion-mnist", "split": "train"},
+     r"a and b hold different splits \('test' vs 'train'\).*extract both"),
+])
+def test_sources_of_different_datasets_or_splits_are_refused(measure, meta_b, match,
+                                                            toy_measure):
+    a = sourced(0, dataset="fashion-mnist", split="test")
+    with pytest.raises(ValueError, match=match):
+        repsim.similarity_matrix(a, sourced(1, **meta_b), measure)
+
+
+def test_minibatch_cka_refuses_other_splits_too():
+    a = sourced(0, dataset="fashion-mnist", split="test")
+    with pytest.raises(ValueError, match="different splits"):
+        cka_matrix(a, sourced(1, dataset="fashion-mnist", split="train"), batch_size=10)
+
+
+def test_a_source_without_provenance_is_compared_with_a_warning_naming_it():
+    a = sourced(0, dataset="fashion-mnist", split="test")
+    with pytest.warns(ProvenanceWarning, match=r"b records no dataset but a records "
+                                               r"'fashion-mnist'") as caught:
+        cka_matrix(a, sourced(1, split="test"))
+    assert len(caught) == 1  # the split is known on both sides and the same
+    with pytest.warns(ProvenanceWarning, match="a records no dataset.*; a records no split"):
+        cka_matrix(sourced(1), a)
+
+
+def test_sources_with_the_same_or_no_provenance_are_compared_silently():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = cka_matrix(sourced(0, dataset="x", split="test"), sourced(1, dataset="x",
+                                                                         split="test"))
+        bare = cka_matrix(sourced(0), {"l": sourced(1).read("l")})
+    np.testing.assert_array_equal(same.matrix, bare.matrix)

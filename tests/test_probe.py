@@ -1,5 +1,7 @@
 """Linear probes: protocol properties, solver agreement, leakage and every error path."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,6 +14,7 @@ from repsim.probe import (
     LinearProbe,
     ProbeError,
     ProbeSettings,
+    ProvenanceWarning,
     estimator,
     probe_layers,
 )
@@ -366,7 +369,8 @@ def with_meta(data, **meta):
 
 @pytest.mark.parametrize("make_test, match", [
     (lambda d: with_meta(d, dataset="cifar10", split="test"),
-     "train is from dataset 'fashion-mnist' but test from 'cifar10'"),
+     r"train and test hold different datasets \('fashion-mnist' vs 'cifar10'\): probe two "
+     "splits of one dataset"),
     (lambda d: {**d, "labels": d["labels"] + 1}, r"test labels \[3\] never occur"),
     (lambda d: {**d, "layers": {k: v for k, v in d["layers"].items() if k != "block1"}},
      r"layer\(s\) \['block1'\] are not in the test set"),
@@ -427,3 +431,51 @@ def test_activation_set_reads_like_a_file():
     acts = ActivationSet(**data)
     np.testing.assert_array_equal(acts.read("block1", "gap", slice(0, 5)),
                                   data["layers"]["block1"][:5])
+
+
+# ---------------------------------------------------------------------------------------------
+# Provenance and the messages about a layer's values
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("meta_train, meta_test, match", [
+    ({"dataset": "fashion-mnist", "split": "train"}, {"split": "test"},
+     "test records no dataset but train records 'fashion-mnist'"),
+    ({"split": "train"}, {"dataset": "fashion-mnist", "split": "test"},
+     "train records no dataset but test records 'fashion-mnist'"),
+    ({"dataset": "fashion-mnist", "split": "train"}, {"dataset": "fashion-mnist"},
+     "test records no split but train records 'train'"),
+])
+def test_provenance_known_on_one_side_only_is_probed_with_a_warning(meta_train, meta_test,
+                                                                    match):
+    with pytest.warns(ProvenanceWarning, match=match):
+        table = probe_layers(with_meta(layered(0), **meta_train),
+                             with_meta(layered(1), **meta_test), Cs=(1.0,))
+    assert len(table) == 3
+
+
+def test_sources_without_provenance_are_probed_silently():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probe_layers(layered(0), layered(1), Cs=(1.0,))
+        probe_layers(with_meta(layered(0), dataset="d", split="train"),
+                     with_meta(layered(1), dataset="d", split="test"), Cs=(1.0,))
+
+
+def with_nan(data, layer):
+    x = data["layers"][layer].copy()
+    x[17, 1] = np.inf
+    return {**data, "layers": {**data["layers"], layer: x}}
+
+
+@pytest.mark.parametrize("options", [{}, {"max_memory": 15_000}, {"match_dim": 2}])
+@pytest.mark.parametrize("side", ["train", "test"])
+def test_nan_in_a_layer_names_the_layer_the_reduction_and_the_set(options, side):
+    train, test = layered(0), layered(1)
+    if side == "train":
+        train = with_nan(train, "block1")
+    else:
+        test = with_nan(test, "block1")
+    with pytest.raises(ProbeError, match=rf"'block1' \(gap\) of the {side} set has 1 NaN or "
+                                         r"infinite values.*row 17"):
+        probe_layers(train, test, Cs=(1.0,), **options)

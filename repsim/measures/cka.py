@@ -13,9 +13,16 @@ Estimators (``X`` is (n, p₁), ``Y`` is (n, p₂), rows are the same n inputs i
   full debiased linear CKA. Memory is bounded by the batch, not by n.
 
 All arithmetic is float64 (inputs are converted up front) and features are centred before any
-Gram matrix is formed, so float32 activations with a large common offset lose no digits. Nothing
-is clamped and no ε is added: a constant layer gives NaN and a
-:class:`ConstantRepresentationWarning` naming it; debiased estimates can be negative.
+Gram matrix is formed, so float32 activations with a large common offset lose no digits. Each
+layer is scaled by a power of two that brings its largest magnitude into [½, 1) before its Gram
+is formed: CKA is invariant to isotropic scaling and a power of two scales exactly, so normal
+inputs give the same bits as unscaled ones, while layers of magnitude 1e±300 neither overflow
+nor underflow. The minibatch estimator sums HSIC₁ over batches, where a per-batch scale would
+change the estimator: it keeps each layer's sums at one scale for all batches, the largest any
+batch needed, rescaling the sums (exactly) when a batch needs a larger one. The RBF kernel is
+formed so that no bandwidth loses its digits (see :func:`_rbf`): a huge ``threshold`` gives the
+limit, linear CKA, rather than 0/0. Nothing is clamped and no ε is added: a constant layer gives
+NaN and a :class:`ConstantRepresentationWarning` naming it; debiased estimates can be negative.
 
 Pairwise terms for all layer pairs come from one GEMM: over the flattened n×n Grams when some
 layer has p ≥ n, otherwise over the centred features side by side.
@@ -37,7 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from repsim.budget import check_budget, largest_fitting
+from repsim.budget import check_budget, format_bytes, largest_fitting
 from repsim.measures.base import Comparison, Measure, register
 from repsim.measures.matrix import compute, result_of
 from repsim.measures.pairing import as_float64, check_layer_list, pair_sources
@@ -60,6 +67,9 @@ __all__ = [
 
 Kernel = Literal["linear", "rbf"]
 ArrayLike = Any  # numpy.ndarray | torch.Tensor of shape (n, p)
+# below every float64's frexp exponent (-1073): the scale of an all-zero layer, and of a
+# minibatch layer before its first batch
+MIN_EXPONENT = -1100
 
 
 class ConstantRepresentationWarning(RuntimeWarning):
@@ -101,6 +111,8 @@ def rbf_cka(
 
     k(xᵢ, xⱼ) = exp(−‖xᵢ−xⱼ‖² / (2σ²)) with σ² = threshold² · median of the n×n squared
     distances (diagonal included, as in Kornblith et al.'s code), chosen per representation.
+    Any positive finite threshold gives the estimator's value to rounding: as threshold → ∞
+    RBF CKA tends to linear CKA, as threshold → 0 biased RBF CKA tends to 1.
     """
     return _single_pair(x, y, kernel="rbf", threshold=threshold, debiased=debiased, form="gram",
                         device=device)
@@ -141,8 +153,11 @@ class MinibatchCKA:
     ΣHSIC₁(K, L) / √(ΣHSIC₁(K, K) · ΣHSIC₁(L, L)). The value depends on how rows are split
     into batches: seed the input order and record the batch size.
 
-    Fitted attributes: ``hsic_ab_`` (La, Lb), ``hsic_aa_`` (La,), ``hsic_bb_`` (Lb,) sums;
-    ``n_seen_`` rows and ``n_batches_`` batches so far.
+    Fitted attributes: ``hsic_ab_`` (La, Lb), ``hsic_aa_`` (La,), ``hsic_bb_`` (Lb,) sums of
+    the layers scaled by 2^−``exponent_a_`` (La,) and 2^−``exponent_b_`` (Lb,), which keep them
+    finite at any magnitude of the activations (the unscaled ΣHSIC₁(K, L) is
+    ``hsic_ab_ · 2^(2·(exponent_a_ + exponent_b_))``, and may not be representable); ``n_seen_``
+    rows and ``n_batches_`` batches so far.
     """
 
     def __init__(self, layers_a: Sequence[str], layers_b: Sequence[str], *,
@@ -154,6 +169,8 @@ class MinibatchCKA:
         self.hsic_ab_ = torch.zeros(len(self.layers_a), len(self.layers_b), **zeros)
         self.hsic_aa_ = torch.zeros(len(self.layers_a), **zeros)
         self.hsic_bb_ = torch.zeros(len(self.layers_b), **zeros)
+        self.exponent_a_ = torch.full((len(self.layers_a),), MIN_EXPONENT, **zeros)
+        self.exponent_b_ = torch.full((len(self.layers_b),), MIN_EXPONENT, **zeros)
         self.n_seen_ = 0
         self.n_batches_ = 0
 
@@ -162,12 +179,19 @@ class MinibatchCKA:
         b = _check_batches(batch_a, self.layers_a, batch_b, self.layers_b)
         feature_form = _prefer_features([_width(batch_a[m]) for m in self.layers_a] +
                                         [_width(batch_b[m]) for m in self.layers_b], b)
-        ab, aa, bb = _hsic_terms(self._kernelise(batch_a, self.layers_a, "a", feature_form),
-                                 self._kernelise(batch_b, self.layers_b, "b", feature_form),
-                                 b, debiased=True)
-        self.hsic_ab_ += ab
-        self.hsic_aa_ += aa
-        self.hsic_bb_ += bb
+        side_a = self._kernelise(batch_a, self.layers_a, "a", feature_form)
+        side_b = self._kernelise(batch_b, self.layers_b, "b", feature_form)
+        ab, aa, bb = _hsic_terms(side_a, side_b, b, debiased=True)
+        # the sums and this batch's terms, each at the larger of the two scales of every layer
+        new_a = torch.maximum(self.exponent_a_, side_a.exponents)
+        new_b = torch.maximum(self.exponent_b_, side_b.exponents)
+        old_a, old_b = self.exponent_a_ - new_a, self.exponent_b_ - new_b
+        now_a, now_b = side_a.exponents - new_a, side_b.exponents - new_b
+        self.hsic_ab_ = (_shifted(self.hsic_ab_, old_a[:, None], old_b[None, :])
+                         + _shifted(ab, now_a[:, None], now_b[None, :]))
+        self.hsic_aa_ = _shifted(self.hsic_aa_, old_a, old_a) + _shifted(aa, now_a, now_a)
+        self.hsic_bb_ = _shifted(self.hsic_bb_, old_b, old_b) + _shifted(bb, now_b, now_b)
+        self.exponent_a_, self.exponent_b_ = new_a, new_b
         self.n_seen_ += b
         self.n_batches_ += 1
 
@@ -368,8 +392,8 @@ def minibatch_batch_size(widths_a: Sequence[int], widths_b: Sequence[int], n: in
     need = minibatch_memory(widths_a, widths_b, 4)
     if need > max_memory:
         raise ValueError(
-            f"max_memory={max_memory / 2**20:.1f} MiB cannot hold even a batch of 4 rows, "
-            f"which needs {need / 2**20:.1f} MiB for {len(widths_a)} + {len(widths_b)} layers "
+            f"max_memory={format_bytes(max_memory)} cannot hold even a batch of 4 rows, "
+            f"which needs {format_bytes(need)} for {len(widths_a)} + {len(widths_b)} layers "
             f"of {sum(widths_a):,} + {sum(widths_b):,} features; allow more memory, select "
             f"fewer layers, or use a smaller reduction (gap or pool<k>)")
     if n < 4:
@@ -385,7 +409,7 @@ def minibatch_batch_size(widths_a: Sequence[int], widths_b: Sequence[int], n: in
                 return b
             b -= 1
     raise ValueError(f"no batch size from 4 to {n} both fits max_memory="
-                     f"{max_memory / 2**20:.1f} MiB and leaves a last batch of 0 or >= 4 of the "
+                     f"{format_bytes(max_memory)} and leaves a last batch of 0 or >= 4 of the "
                      f"n={n} rows; allow a little more memory or use batch_size=")
 
 
@@ -407,6 +431,8 @@ class _Kernelised:
     self_inner: (L,) ⟨K_l, K_l⟩_F
     degenerate: (L,) bool, K_l is undefined or zero: the layer is constant across rows
         (RBF: the median squared distance is 0, so the bandwidth is 0)
+    exponents: (L,) float64 e_l, layer l was scaled by 2^−e_l before K_l was formed (linear:
+        its terms carry a factor 2^−2e_l; RBF: none, the kernel is scale-free)
     """
 
     grams: torch.Tensor | None
@@ -416,6 +442,7 @@ class _Kernelised:
     rowsum: torch.Tensor
     self_inner: torch.Tensor
     degenerate: torch.Tensor
+    exponents: torch.Tensor
 
 
 def _single_pair(x, y, *, kernel, threshold, debiased, form, device) -> float:
@@ -443,8 +470,9 @@ def _kernelise(xs: Iterable[torch.Tensor], count: int, n: int, *, kernel: Kernel
     rowsum = torch.empty(count, n, **f64)
     self_inner = torch.empty(count, **f64)
     degenerate = torch.empty(count, dtype=torch.bool, device=device)
+    exponents = torch.empty(count, **f64)
     for i, x in enumerate(xs):
-        xc, degenerate[i] = _centre(x)
+        xc, degenerate[i], exponents[i] = _centre(x)
         del x  # hold one copy of the layer, not two, while the next one is read
         if feature_form:
             blocks.append(xc)
@@ -457,10 +485,7 @@ def _kernelise(xs: Iterable[torch.Tensor], count: int, n: int, *, kernel: Kernel
         k = _gram(xc)
         del xc
         if kernel == "rbf":
-            d2 = _sq_distances(k)
-            median = _median(d2)  # Kornblith's bandwidth: over all n² entries, diagonal included
-            degenerate[i] = median == 0
-            k = torch.exp(d2 / (-2 * threshold**2 * median))
+            k, degenerate[i] = _rbf(k, threshold, debiased)
         # HSIC₁ centres implicitly and needs a zero diagonal; the biased estimator needs H K H
         k = k.fill_diagonal_(0) if debiased else _centre_gram(k)
         grams[i] = k
@@ -469,7 +494,7 @@ def _kernelise(xs: Iterable[torch.Tensor], count: int, n: int, *, kernel: Kernel
         self_inner[i] = torch.dot(k.flatten(), k.flatten())
     return _Kernelised(grams=grams, features=torch.cat(blocks, 1) if feature_form else None,
                        widths=tuple(widths), diag=diag, rowsum=rowsum, self_inner=self_inner,
-                       degenerate=degenerate)
+                       degenerate=degenerate, exponents=exponents)
 
 
 def _hsic_terms(a: _Kernelised, b: _Kernelised, n: int, *, debiased: bool
@@ -522,13 +547,76 @@ def _ratio(num: torch.Tensor, den_a: torch.Tensor, den_b: torch.Tensor) -> torch
     return num / torch.sqrt(den_a[:, None] * den_b[None, :])
 
 
-def _centre(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """(n, p) → (n, p) with zero column means, and whether every column is constant."""
+def _centre(x: torch.Tensor) -> tuple[torch.Tensor, bool, int]:
+    """(n, p) → (n, p) x·2^−e with zero column means, whether every column is constant, and e.
+
+    e is :func:`_exponent` of x: the scaled x has its largest magnitude in [½, 1), so neither
+    its column sums nor the Gram matrices formed from it overflow or underflow, and scaling by
+    a power of two is exact. x itself is left as it is (it may be the caller's array).
+    """
     constant = (x == x[:1]).all(0, keepdim=True)
+    e = _exponent(x)
+    scaled = _ldexp(x, -e)
     # the mean of equal floats can be off by an ulp; a constant column must centre to exactly 0
     # so that a constant layer gives 0/0 = NaN rather than noise
-    mean = torch.where(constant, x[:1], x.mean(0, keepdim=True))
-    return x - mean, bool(constant.all())
+    mean = torch.where(constant, scaled[:1], scaled.mean(0, keepdim=True))
+    return scaled.sub_(mean), bool(constant.all()), e
+
+
+def _exponent(x: torch.Tensor) -> int:
+    """e with 2^(e−1) ≤ max |x| < 2^e (:func:`math.frexp`); :data:`MIN_EXPONENT` when x is all
+    zeros or empty."""
+    if x.numel() == 0:
+        return MIN_EXPONENT
+    low, high = torch.aminmax(x)
+    peak = max(float(high), -float(low))
+    return math.frexp(peak)[1] if peak > 0 else MIN_EXPONENT
+
+
+def _ldexp(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x·2^k as a new tensor, exact where the result is a normal float; in two factors, so
+    that neither over- or underflows for |k| up to 2·1023."""
+    half = k // 2
+    return (x * 2.0**half).mul_(2.0 ** (k - half))
+
+
+def _shifted(terms: torch.Tensor, shift_a: torch.Tensor, shift_b: torch.Tensor) -> torch.Tensor:
+    """HSIC terms of two layers rescaled by a further 2^shift_a and 2^shift_b (shifts ≤ 0,
+    elementwise, broadcasting): terms·2^(2·(shift_a + shift_b)), exact, or 0 where the result
+    underflows (a batch that small adds nothing a float64 sum could show)."""
+    return terms * torch.exp2(2 * (shift_a + shift_b))
+
+
+def _rbf(g: torch.Tensor, threshold: float, debiased: bool) -> tuple[torch.Tensor, bool]:
+    """The RBF kernel of the Gram g = X Xᵀ (n, n) up to a·K + b (a > 0), which CKA does not
+    see (centring removes b, HSIC₁ ignores it off the diagonal, and the ratio cancels a), and
+    whether it is degenerate (median squared distance 0: σ = 0; the kernel is then NaN).
+
+    With u = ‖xᵢ − xⱼ‖² / median and t = ``threshold``, K = exp(−u / 2t²). Formed as it
+    stands, K rounds to all ones for t ≫ 1 (1 − 1e−17 = 1: CKA 0/0, or digits lost well
+    before that) and underflows to the identity for t ≪ 1 (debiased CKA, which reads only the
+    off-diagonal entries, 0/0), so:
+
+    * 2t² > 1: (K − 1)·2t² = −u·(1 − e^(−x))/x with x = u / 2t², exact to rounding for every
+      x, and −u where x underflows (t → ∞: the limit, linear CKA);
+    * otherwise K itself; debiased, its off-diagonal entries times exp(x_min) of the nearest
+      pair (so the largest is 1 and they cannot all underflow) and a zero diagonal.
+    """
+    d2 = _sq_distances(g)
+    median = _median(d2)  # Kornblith's bandwidth: over all n² entries, diagonal included
+    if median == 0:
+        return d2.fill_(math.nan), True
+    u = d2.div_(median)
+    threshold = float(threshold)  # a Python float: 2t² overflows to inf without a warning
+    if 2 * threshold * threshold > 1:
+        x = u / (2 * threshold * threshold)  # 0 where 2t² overflows: the limit
+        k = torch.expm1(-x).div_(x).neg_().masked_fill_(x == 0, 1.0)  # (1 − e^(−x))/x
+        return k.mul_(u).neg_(), False
+    if debiased:
+        u = u.fill_diagonal_(math.inf)
+        u = u.sub_(u.min())
+    # t twice, not 2t², which underflows to 0 for tiny t (and 0/0 is NaN on the diagonal)
+    return u.div_(threshold).div_(threshold).div_(-2).exp_(), False
 
 
 def _centre_gram(k: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,18 @@
 
 Every check that does not depend on the measure is here, once: the sources, the reduction
 each one is read at, the layers selected, and that both hold the same inputs in the same
-order. Layers are read as float64 tensors, all finite.
+order: the same dataset and split where their provenance (``meta``) records them, and the same
+dataset indices where both know them. Layers are read as float64 tensors, all finite.
+
+Provenance known on one side only (e.g. an activation file against arrays in memory) cannot be
+checked: the sources are compared with a :class:`ProvenanceWarning` naming what is unknown.
+:func:`check_provenance` is the rule, also used by the probes for their train and test splits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +22,20 @@ import torch
 
 from repsim.sources import ActivationSource, as_source
 
-__all__ = ["Pairing", "Side", "as_float64", "check_layer_list", "pair_sources"]
+__all__ = ["Pairing", "ProvenanceWarning", "Side", "as_float64", "check_layer_list",
+           "check_provenance", "pair_sources"]
 
 FLATTEN = "flatten"  # the reduction read from sources with stored reductions when none is given
+# provenance that row-paired sources must share, and the fix when they do not
+SAME_INPUTS = dict.fromkeys(("dataset", "split"), "the measure compares the same inputs "
+                            "through two networks; extract both on one split of one dataset")
 
 ArrayLike = Any  # numpy.ndarray | torch.Tensor of shape (n, p)
+
+
+class ProvenanceWarning(UserWarning):
+    """One of two sources records where its rows come from (e.g. its dataset) and the other
+    does not, so whether they belong together cannot be checked."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +104,38 @@ def pair_sources(a: Any, b: Any, *, reduction: str | None = None,
                          f"both dicts of (n, p) arrays, which are already reduced; omit it")
     names_a = _select_layers(layers_a, side_a, "layers_a")
     names_b = _select_layers(layers_b, side_b, "layers_b")
+    check_provenance((side_a.source, "a"), (side_b.source, "b"), SAME_INPUTS)
     return Pairing(side_a, side_b, names_a, names_b, _check_rows(side_a, side_b))
+
+
+def check_provenance(first: tuple[ActivationSource, str], second: tuple[ActivationSource, str],
+                     rules: Mapping[str, str | None], *,
+                     error: type[Exception] = ValueError) -> None:
+    """Check the provenance of two (source, role) pairs, ``meta[key]`` for each key of ``rules``.
+
+    Values known on both sides that differ raise ``error`` naming both and the fix
+    ``rules[key]`` (``None``: they may differ, e.g. the splits of a train and a test set).
+    Values known on one side only are named in one :class:`ProvenanceWarning`: the sources are
+    used, but whether they belong together cannot be checked.
+    """
+    (a, role_a), (b, role_b) = first, second
+    meta_a, meta_b = a.meta, b.meta  # read once: a file parses its attributes on each access
+    unknown = []
+    for key, fix in rules.items():
+        value_a, value_b = meta_a.get(key), meta_b.get(key)
+        if value_a is not None and value_b is not None:
+            if fix is not None and value_a != value_b:
+                raise error(f"{_described(a, role_a)} and {_described(b, role_b)} hold "
+                            f"different {key}s ({value_a!r} vs {value_b!r}): {fix}")
+        elif value_a is not None or value_b is not None:
+            lacking, role, value = ((second, role_a, value_a) if value_b is None
+                                    else (first, role_b, value_b))
+            unknown.append(f"{_described(*lacking)} records no {key} but {role} records "
+                           f"{value!r}")
+    if unknown:
+        warnings.warn(f"{'; '.join(unknown)}: whether they belong together cannot be checked; "
+                      "record the provenance in both sources' meta", ProvenanceWarning,
+                      stacklevel=3)
 
 
 def as_float64(x: ArrayLike, what: str, device: str | torch.device) -> torch.Tensor:
@@ -123,6 +169,12 @@ def check_layer_list(layers: Sequence[str], what: str) -> tuple[str, ...]:
     if not names:
         raise ValueError(f"{what} is empty; give at least one layer name")
     return names
+
+
+def _described(source: ActivationSource, role: str) -> str:
+    """``role``, with the file's path for a source read from a file: "a (acts/bp.h5)"."""
+    path = getattr(source, "path", None)
+    return role if path is None else f"{role} ({path})"
 
 
 def _side(source: ActivationSource, role: str, reduction: str | None) -> Side:

@@ -18,6 +18,7 @@
 >>> table.to_frame()[["layer", "test_acc", "chance"]]                 # doctest: +SKIP
 """
 
+from repsim.measures.pairing import ProvenanceWarning
 from repsim.probe.estimator import DEFAULT_CS, LinearProbe, ProbeSettings
 from repsim.probe.features import ProbeError, StreamedFeatures
 from repsim.probe.layers import GAP, ProbeRow, ProbeTable, probe_layers
@@ -33,6 +34,7 @@ __all__ = [
     "ProbeRow",
     "ProbeSettings",
     "ProbeTable",
+    "ProvenanceWarning",
     "StreamedFeatures",
     "probe_block_rows",
     "probe_layers",

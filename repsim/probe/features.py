@@ -26,7 +26,8 @@ import torch
 if TYPE_CHECKING:
     from repsim.sources import ActivationSource
 
-__all__ = ["ProbeError", "StreamedFeatures", "column_moments", "feature_width"]
+__all__ = ["ProbeError", "StreamedFeatures", "check_finite", "column_moments", "describe_layer",
+           "feature_width"]
 
 # Rows per block when an in-memory matrix is reduced column-wise (the standardisation):
 # bounds the float64 temporaries to 8·ROW_BLOCK·D bytes, whatever N is.
@@ -74,9 +75,10 @@ class StreamedFeatures:
         """(first row, (≤ block_rows, D) float array) for consecutive blocks covering all rows,
         read with the source's ``iter_blocks``."""
         start = 0
+        what = describe_layer(self.source, self.layer, self.reduction)
         for block in self.source.iter_blocks(self.layer, self.reduction, self.block_rows):
             block = np.asarray(block)
-            _check_finite(block, start, self)
+            check_finite(block, start, what)
             yield start, block
             start += len(block)
 
@@ -99,13 +101,27 @@ def array_blocks(x: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         yield start, x[start:start + ROW_BLOCK]
 
 
-def _check_finite(block: np.ndarray, start: int, features: StreamedFeatures) -> None:
-    if not np.isfinite(block).all():
+def describe_layer(source: ActivationSource, layer: str, reduction: str) -> str:
+    """A layer of a source for messages: "'s2b1' (gap) of runs/bp__test.h5" (a file), or of an
+    in-memory set, by its name ("'s2b1' (gap) of the train set")."""
+    where = getattr(source, "path", None) or getattr(source, "name", None) \
+        or type(source).__name__
+    return f"{layer!r} ({reduction}) of {where}"
+
+
+def check_finite(block: Any, start: int, what: str) -> None:
+    """Refuse NaN or infinite values in the float rows ``block`` (b, D) (an array or tensor),
+    rows start … start+b−1 of the matrix ``what`` (e.g. :func:`describe_layer`); other dtypes
+    are checked on fitting."""
+    if isinstance(block, torch.Tensor):
+        block = block.detach().cpu().numpy()
+    block = np.asarray(block)
+    if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
         bad = ~np.isfinite(block)
         row = start + int(np.argwhere(bad)[0, 0])
-        raise ProbeError(f"{features.layer!r} ({features.reduction}) has {int(bad.sum())} NaN "
-                         f"or infinite values in rows {start}…{start + len(block) - 1}, the "
-                         f"first in row {row}; check the layer's activations")
+        raise ProbeError(f"{what} has {int(bad.sum())} NaN or infinite values in rows "
+                         f"{start}…{start + len(block) - 1}, the first in row {row}; check the "
+                         "layer's activations")
 
 
 def column_moments(blocks: Callable[[], Iterable[tuple[int, np.ndarray]]]

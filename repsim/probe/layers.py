@@ -32,8 +32,15 @@ from tqdm.auto import tqdm
 # a module, not its names: repsim.projection imports repsim.probe.features, so when it is
 # imported first it is only partly initialised while this package loads
 from repsim import projection
+from repsim.measures.pairing import check_provenance
 from repsim.probe.estimator import LinearProbe, ProbeSettings, _check_labels
-from repsim.probe.features import ProbeError, StreamedFeatures, feature_width
+from repsim.probe.features import (
+    ProbeError,
+    StreamedFeatures,
+    check_finite,
+    describe_layer,
+    feature_width,
+)
 from repsim.probe.memory import probe_block_rows, projection_block_rows
 from repsim.sources import ActivationSet, ActivationSource
 
@@ -43,6 +50,10 @@ if TYPE_CHECKING:
 __all__ = ["GAP", "ProbeRow", "ProbeTable", "probe_layers"]
 
 GAP = "gap"  # the default reduction for probes
+# the provenance train and test are checked on, with the fix where both record it and it
+# differs (None: it may differ; train and test of one split must not share rows); a key that
+# only one of them records is probed with a ProvenanceWarning naming it
+PROVENANCE = {"dataset": "probe two splits of one dataset", "split": None}
 
 
 @dataclass(frozen=True)
@@ -130,8 +141,10 @@ def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
     every layer of more than match_dim features on its seeded random projection to match_dim
     features (:mod:`repsim.projection`, seed ``match_seed``), so layers of different widths
     are compared at one dimension. ``probe_kwargs`` go to :class:`LinearProbe`. Refuses
-    sources of different datasets, test classes the train split lacks, missing layers, and the
-    same rows used as train and test.
+    sources of different datasets, test classes the train split lacks, missing layers, the
+    same rows used as train and test, and NaN or infinite values (naming the layer, the
+    reduction and the set); a dataset or split that only one source records is probed with a
+    :class:`ProvenanceWarning` naming it.
     """
     train, test = _as_source(train, "train"), _as_source(test, "test")
     settings = ProbeSettings(**probe_kwargs)
@@ -190,7 +203,9 @@ class _LayerReader:
         block_rows = n if self.max_memory is None else probe_block_rows(
             width, n, self.n_classes, self.max_memory, self.dtype)
         if block_rows >= n:
-            return source.read(layer, self.reduction), width
+            x = source.read(layer, self.reduction)
+            check_finite(x, 0, describe_layer(source, layer, self.reduction))
+            return x, width
         return StreamedFeatures(source, layer, self.reduction, block_rows), width
 
     def _projected(self, source: ActivationSource, layer: str, n: int, width: int
@@ -226,13 +241,10 @@ def _as_source(source: Any, role: str) -> ActivationSource:
 
 def _check_pair(train: ActivationSource, test: ActivationSource,
                 layers: Sequence[str] | None, cv: int) -> list[str]:
-    """The layer names to probe, after checking that train and test belong together."""
-    meta_train, meta_test = dict(train.meta), dict(test.meta)
-    if "dataset" in meta_train and "dataset" in meta_test \
-            and meta_train["dataset"] != meta_test["dataset"]:
-        raise ProbeError(f"train is from dataset {meta_train['dataset']!r} but test from "
-                         f"{meta_test['dataset']!r}; probe two splits of one dataset")
-    _check_disjoint(train, test, meta_train.get("split"), meta_test.get("split"))
+    """The layer names to probe, after checking that train and test belong together: their
+    provenance (:data:`PROVENANCE`) and that they do not share rows."""
+    check_provenance((train, "train"), (test, "test"), PROVENANCE, error=ProbeError)
+    _check_disjoint(train, test, train.meta.get("split"), test.meta.get("split"))
     y_train, y_test = np.asarray(train.labels), np.asarray(test.labels)
     _check_labels(y_train, cv)
     unseen = np.setdiff1d(y_test, y_train)

@@ -10,7 +10,7 @@ from typing import Any
 # a module, not its names: repsim.projection imports repsim.probe.features, so when it is
 # imported first it is only partly initialised while this package loads
 from repsim import projection
-from repsim.budget import check_budget, largest_fitting
+from repsim.budget import check_budget, format_bytes, largest_fitting
 from repsim.probe.estimator import PRECONDITION_MAX_DIM
 from repsim.probe.features import ProbeError
 
@@ -46,11 +46,11 @@ def probe_block_rows(dim: int, n: int, n_classes: int, max_memory: int,
     """The largest block (≤ n rows) whose :func:`probe_memory` fits in ``max_memory`` bytes."""
     rows = _largest_block(lambda b: probe_memory(dim, n, n_classes, b, dtype), n, max_memory)
     if rows < 1:
-        need = probe_memory(dim, n, n_classes, 1, dtype) / 2**20
+        need = probe_memory(dim, n, n_classes, 1, dtype)
         held = (f"the {dim}×{dim} preconditioner and per-row labels"
                 if dim <= PRECONDITION_MAX_DIM else "per-row labels, folds and the weights")
-        raise ProbeError(f"max_memory={max_memory / 2**20:.3g} MiB cannot hold a probe of "
-                         f"{dim} features and {n} rows (at least {need:.1f} MiB: {held}); "
+        raise ProbeError(f"max_memory={format_bytes(max_memory)} cannot hold a probe of "
+                         f"{dim} features and {n} rows (at least {format_bytes(need)}: {held}); "
                          "raise max_memory or probe a smaller reduction (e.g. gap or pool2)")
     return int(rows)
 
@@ -67,10 +67,10 @@ def projection_block_rows(dim: int, match_dim: int, n: int, n_classes: int, max_
                           max_memory)
     fit = probe_memory(match_dim, n, n_classes, n, dtype)
     if rows < 1 or fit > max_memory:
-        need = max(projection.projection_memory(dim, match_dim, n, 1), fit) / 2**20
-        raise ProbeError(f"max_memory={max_memory / 2**20:.3g} MiB cannot hold the random "
+        need = max(projection.projection_memory(dim, match_dim, n, 1), fit)
+        raise ProbeError(f"max_memory={format_bytes(max_memory)} cannot hold the random "
                          f"projection of {dim} features to match_dim={match_dim} for {n} rows "
-                         f"and the in-memory probe of it (at least {need:.1f} MiB: the "
+                         f"and the in-memory probe of it (at least {format_bytes(need)}: the "
                          f"{dim}×{match_dim} float32 matrix, the projected rows and the probe); "
                          "raise max_memory or lower match_dim")
     return int(rows)
