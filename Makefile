@@ -46,7 +46,7 @@ demo: setup
 	$(PY) -m training.train --method bp --seed 1 $(DEMO_TRAIN) --out $(DEMO_OUT)/bp_seed1.pt
 	$(PY) -m analyses.report --ckpt $(DEMO_OUT)/bp.pt $(DEMO_OUT)/auglocal.pt \
 	  $(DEMO_OUT)/dgl.pt $(DEMO_OUT)/bp_seed1.pt --n 1000 --n-train 5000 --n-test 1000 \
-	  --cache $(DEMO_OUT)/acts --out $(DEMO_OUT) --threads 2
+	  --cache $(DEMO_OUT)/acts --out $(DEMO_OUT)/report --overwrite --threads 2
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -7,7 +7,9 @@
 ``<a>__vs__<b>.png`` (rows: A's layers, columns: B's), ``.csv`` (the matrix) and ``.json``
 (the matrix with all settings and both files' provenance); when the models have equally many
 layers, ``layer_matched.png``/``.csv`` show CKA of each layer with the same layer of A, one line
-per B. ``--a x.pt --b x.pt`` gives the self-similarity map.
+per B. ``--a x.pt --b x.pt`` gives the self-similarity map. ``--out`` holds one run's files:
+an earlier run's folder is replaced as a whole, and only with ``--overwrite`` (see
+:mod:`analyses.paths`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from analyses.activations import DEFAULT_CACHE, activations_of, check_distinct_names, model_label
 from analyses.cli import SettingsParser, run_cli, write_settings
 from analyses.outputs import title_of, write_similarity
+from analyses.paths import run_folder
 from repsim import plot
 from repsim.cka import CKAResult, cka_matrix
 from repsim.store import ActivationFile
@@ -43,6 +46,7 @@ class Settings:
     data_root: str | None = None           # dataset folder
     device: str = "cpu"                    # torch device of extraction and CKA
     threads: int | None = None             # torch CPU threads (None: torch's choice)
+    overwrite: bool = False                # replace an earlier run's --out
 
 
 def parser() -> SettingsParser:
@@ -57,7 +61,7 @@ def parser() -> SettingsParser:
     p.add("debiased", action="store_true",
           help="unbiased HSIC estimator (Song et al. 2012) in CKA")
     p.shared("batch_size", "max_memory", "n", "seed", "split", "reduction", "layers", "cache",
-             "data_root", "device", "threads",
+             "data_root", "device", "threads", "overwrite",
              max_memory={"help": "minibatch CKA with the largest batch whose working memory "
                                  "fits in this many MiB (repsim.cka.minibatch_memory): for "
                                  "activation files larger than memory; instead of "
@@ -66,18 +70,8 @@ def parser() -> SettingsParser:
     return p
 
 
-def check_same_inputs(a: ActivationFile, b: ActivationFile) -> None:
-    """Row-aligned files must come from the same dataset split (cka_matrix checks indices)."""
-    for key in ("dataset", "split"):
-        if a.meta.get(key) != b.meta.get(key):
-            raise ValueError(f"{a.path} and {b.path} hold different {key}s "
-                             f"({a.meta.get(key)!r} vs {b.meta.get(key)!r}): CKA compares "
-                             "the same inputs through two models; extract both on one split")
-
-
 def compare(a: ActivationFile, b: ActivationFile, stem: str, settings: Settings,
             out: Path) -> CKAResult:
-    check_same_inputs(a, b)
     result = cka_matrix(a, b, kernel=settings.kernel, debiased=settings.debiased,
                         batch_size=settings.batch_size, threshold=settings.threshold,
                         reduction=settings.reduction, layers_a=settings.layers,
@@ -87,9 +81,15 @@ def compare(a: ActivationFile, b: ActivationFile, stem: str, settings: Settings,
     return result
 
 
+def layer_matched(results: dict[str, CKAResult]) -> dict[str, CKAResult]:
+    """The results whose two models have equally many layers (whose diagonal is the
+    layer-matched CKA)."""
+    return {label: r for label, r in results.items() if len(r.layers_a) == len(r.layers_b)}
+
+
 def write_layer_matched(results: dict[str, CKAResult], reference: str, out: Path) -> None:
     """Diagonals of the same-length maps: a line plot and its CSV."""
-    same = {label: r for label, r in results.items() if len(r.layers_a) == len(r.layers_b)}
+    same = layer_matched(results)
     if not same:
         return
     layers = next(iter(same.values())).layers_a
@@ -108,10 +108,10 @@ def write_layer_matched(results: dict[str, CKAResult], reference: str, out: Path
         print(f"{name:>16} " + " ".join(f"{d[i]:>22.4f}" for d in diagonals.values()))
 
 
-def run(settings: Settings) -> dict[str, CKAResult]:
+def run(settings: Settings, *, into: Path | None = None) -> dict[str, CKAResult]:
+    """Compare ``settings.a`` with each of ``settings.b`` into ``settings.out``; ``into``: the
+    folder to write in instead, when a caller (the report) stages the run."""
     check_distinct_names(list(dict.fromkeys([settings.a, *settings.b])))
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
     reductions = tuple(sorted({settings.reduction, "gap"}))  # gap too: the probe reuses it
     opened = {}
 
@@ -122,19 +122,22 @@ def run(settings: Settings) -> dict[str, CKAResult]:
                 cache=settings.cache, data_root=settings.data_root, device=settings.device)
         return opened[source]
 
-    try:
-        a = open_once(settings.a)
-        results = {}
-        for source in settings.b:
-            b = open_once(source)
-            stem = f"{Path(settings.a).stem}__vs__{Path(source).stem}"
-            results[model_label(b)] = compare(a, b, stem, settings, out)
-        write_layer_matched(results, model_label(a), out)
-    finally:
-        for f in opened.values():
-            f.close()
-    write_settings(settings, out)
-    print(f"\nwrote {out}/")
+    with run_folder(settings.out, overwrite=settings.overwrite, into=into,
+                    sources={"--a": [settings.a], "--b": settings.b},
+                    data_root=settings.data_root, cache=settings.cache) as out:
+        try:
+            a = open_once(settings.a)
+            results = {}
+            for source in settings.b:
+                b = open_once(source)
+                stem = f"{Path(settings.a).stem}__vs__{Path(source).stem}"
+                results[model_label(b)] = compare(a, b, stem, settings, out)
+            write_layer_matched(results, model_label(a), out)
+        finally:
+            for f in opened.values():
+                f.close()
+        write_settings(settings, out)
+    print(f"\nwrote {Path(settings.out)}/")
     return results
 
 

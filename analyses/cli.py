@@ -11,11 +11,14 @@ place a default is written; options several commands share come from :data:`SHAR
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,6 +58,28 @@ count = _whole_number(0, " (0: the whole split)")  # type of --n, --n-train, --n
 positive = _whole_number(1, "")                     # type of --threads, --batch-size
 
 
+def device(text: str) -> str:
+    """argparse type of ``--device``: a torch device this machine has (cpu, cuda, cuda:<i>,
+    mps), kept as the name."""
+    try:
+        kind = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"is not a torch device; use cpu, cuda, cuda:<index> "
+                                         f"or mps, got {text!r}") from None
+    if kind.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (kind.index or 0) >= count:
+            raise argparse.ArgumentTypeError(f"this machine has {count} CUDA GPU(s); use "
+                                             f"--device cpu or one it has, got {text!r}")
+    elif kind.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"MPS is not available on this machine; use --device "
+                                         f"cpu, got {text!r}")
+    elif kind.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"device type {kind.type!r} cannot run the analyses; "
+                                         f"use cpu, cuda, cuda:<index> or mps, got {text!r}")
+    return text
+
+
 def reduction(text: str) -> str:
     """argparse type of ``--reduction``: a name :func:`repsim.extract.parse_reduction` accepts,
     kept as the name."""
@@ -81,8 +106,11 @@ SHARED: dict[str, dict[str, Any]] = {
     "max_memory": {"type": mebibytes, "metavar": "MIB"},
     "cache": {"help": "activation cache (%(default)s)"},
     "data_root": {"help": "dataset folder (see training.train --help)"},
-    "device": {"help": "torch device: cpu, cuda, cuda:1, ... (%(default)s)"},
+    "device": {"type": device, "help": "torch device: cpu, cuda, cuda:1, ... (%(default)s)"},
     "threads": {"type": positive, "help": "torch CPU threads"},
+    "overwrite": {"action": "store_true",
+                  "help": "replace an existing --out (an earlier run's outputs as a whole); "
+                          "an output that is an input is refused even so"},
 }
 
 
@@ -128,12 +156,39 @@ def write_settings(settings: Any, folder: Path) -> Path:
 def run_cli(parser: Callable[[], SettingsParser], run: Callable[[S], object],
             argv: list[str] | None) -> None:
     """Parse ``argv`` into a command's settings (``parser()``), apply ``settings.threads``
-    (torch CPU threads) and ``run`` them; a bad input (ValueError, FileNotFoundError) exits
-    with ``error: <message>`` and status 1."""
+    (torch CPU threads) and ``run`` them.
+
+    An expected failure, a bad input (ValueError and its subclasses: ActivationFileError,
+    ProbeError, CheckpointError, ...) or one of the file system (OSError: a missing file, a
+    folder where a file was expected, no permission, a full disk), exits with status 2 and
+    ``error: <message>`` on one line of stderr, as a usage error does; any other exception is
+    a bug and keeps its traceback. SIGTERM ends the command as Ctrl-C does, cleaning up.
+    """
     try:
-        settings = parser().parse_args(argv)
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
-        run(settings)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+        with _sigterm_exits():
+            settings = parser().parse_args(argv)
+            if settings.threads:
+                torch.set_num_threads(settings.threads)
+            run(settings)
+    except (ValueError, OSError) as err:
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        sys.exit(2)
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """In the block (of the main thread), SIGTERM raises ``SystemExit(143)``, so a killed
+    command unwinds as an interrupted one does: temporary folders and files removed, locks
+    released. The previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_143)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_143(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)

@@ -4,7 +4,9 @@
         --out acts/bp__test.h5
 
 The checkpoint's dataset is used; ``--n`` and ``--seed`` pick a class-balanced subset, the
-same rows for every checkpoint. Layers default to the checkpoint's own list.
+same rows for every checkpoint. Layers default to the checkpoint's own list. An existing
+``--out`` is replaced only with ``--overwrite``, and never the checkpoint (see
+:mod:`analyses.paths`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 from analyses.activations import InputSelection, extract_checkpoint
 from analyses.cli import SettingsParser, run_cli
+from analyses.paths import check_input_file, check_output, new_folders
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +32,7 @@ class Settings:
     batch_size: int = 250                            # inputs per forward pass
     device: str = "cpu"                              # torch device of the forward passes
     threads: int | None = None                       # torch CPU threads (None: torch's choice)
+    overwrite: bool = False                          # replace an existing --out
 
 
 def parser() -> SettingsParser:
@@ -37,7 +41,7 @@ def parser() -> SettingsParser:
     p.add("ckpt", help="checkpoint written by training.train")
     p.add("out", help="activation file to write (.h5)")
     p.shared("split", "n", "seed", "reduction", "layers", "data_root", "batch_size", "device",
-             "threads",
+             "threads", "overwrite",
              reduction={"nargs": "+", "help": "flatten, gap, pool<k> (one or more; default: "
                                               "flatten gap)"},
              layers={"help": "module names (default: the checkpoint's)"},
@@ -46,11 +50,14 @@ def parser() -> SettingsParser:
 
 
 def run(settings: Settings) -> Path:
+    check_input_file(settings.ckpt, "pass a checkpoint written by training.train")
+    out = check_output(settings.out, folder=False, overwrite=settings.overwrite,
+                       inputs={"--ckpt": [settings.ckpt], "--data-root": [settings.data_root]})
     selection = InputSelection(settings.split, settings.n or None, settings.seed,
                                settings.data_root, settings.batch_size)
-    path = extract_checkpoint(settings.ckpt, settings.out, selection,
-                              reductions=settings.reduction, layers=settings.layers,
-                              device=settings.device)
+    with new_folders(out.parent):
+        path = extract_checkpoint(settings.ckpt, out, selection, reductions=settings.reduction,
+                                  layers=settings.layers, device=settings.device)
     print(f"wrote {path}")
     return path
 

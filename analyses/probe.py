@@ -12,7 +12,9 @@ L2 strength chosen by cross-validation on train only, one evaluation on test (se
 cached files in row blocks that fit the budget (:func:`repsim.probe.probe_memory`), for
 activations larger than memory. ``--match-dim D`` probes every layer wider than D features on
 its seeded random projection to D (:mod:`repsim.projection`), since a higher dimension alone
-raises separability; the ``probe_dim`` column says what each layer was probed at.
+raises separability; the ``probe_dim`` column says what each layer was probed at. ``--out``
+holds one run's files: an earlier run's folder is replaced as a whole, and only with
+``--overwrite`` (see :mod:`analyses.paths`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from analyses.activations import DEFAULT_CACHE, activations_of, check_distinct_names, model_label
 from analyses.cli import SettingsParser, run_cli, write_settings
+from analyses.paths import run_folder
 from repsim import plot
 from repsim.probe import ProbeTable, probe_layers
 from repsim.projection import check_match
@@ -48,6 +51,7 @@ class Settings:
     match_seed: int = 0                    # seed of the match_dim projection
     device: str = "cpu"                    # torch device of extraction and the torch solver
     threads: int | None = None             # torch CPU threads (None: torch's choice)
+    overwrite: bool = False                # replace an earlier run's --out
 
 
 def parser() -> SettingsParser:
@@ -70,7 +74,7 @@ def parser() -> SettingsParser:
                "default: every layer as it is")
     p.add("match_seed", type=int, metavar="S", help="seed of the --match-dim projection "
                                                     "(%(default)s)")
-    p.shared("device", "threads",
+    p.shared("device", "threads", "overwrite",
              device={"help": "extraction and the torch probe solver (%(default)s)"})
     return p
 
@@ -118,16 +122,19 @@ def print_table(tables: dict[str, ProbeTable]) -> None:
                   f"{row.train_acc:>7.4f} {row.test_acc:>7.4f}")
 
 
-def run(settings: Settings) -> dict[str, ProbeTable]:
+def run(settings: Settings, *, into: Path | None = None) -> dict[str, ProbeTable]:
+    """Probe every layer of each of ``settings.ckpt`` into ``settings.out``; ``into``: the
+    folder to write in instead, when a caller (the report) stages the run."""
     check_distinct_names(settings.ckpt)
     if settings.match_dim is not None:  # before any extraction
         check_match(settings.match_dim, settings.match_seed)
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = dict(probe_checkpoint(ckpt, settings) for ckpt in settings.ckpt)
-    write_outputs(tables, settings, out)
+    with run_folder(settings.out, overwrite=settings.overwrite, into=into,
+                    sources={"--ckpt": settings.ckpt}, data_root=settings.data_root,
+                    cache=settings.cache) as out:
+        tables = dict(probe_checkpoint(ckpt, settings) for ckpt in settings.ckpt)
+        write_outputs(tables, settings, out)
     print_table(tables)
-    print(f"\nwrote {out}/")
+    print(f"\nwrote {Path(settings.out)}/")
     return tables
 
 

@@ -5,7 +5,9 @@
 The first checkpoint is the reference: CKA maps compare it with each other one (include a
 second BP seed to show the noise ceiling of the layer-matched CKA). Runs ``analyses.cka`` and
 ``analyses.probe`` into ``OUT/cka`` and ``OUT/probe`` and writes ``OUT/report.md``, whose
-numbers all come from those files and the checkpoints.
+numbers all come from those files and the checkpoints. ``--out`` holds one run's files: an
+earlier report is replaced as a whole, and only with ``--overwrite`` (see
+:mod:`analyses.paths`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from analyses import cka, probe
 from analyses.activations import DEFAULT_CACHE
 from analyses.cli import SettingsParser, run_cli, write_settings
 from analyses.outputs import title_of
+from analyses.paths import run_folder
 from repsim import plot
 from training import checkpoint_meta
 
@@ -36,6 +39,7 @@ class Settings:
     data_root: str | None = None     # dataset folder
     device: str = "cpu"              # torch device of extraction, CKA and probes
     threads: int | None = None       # torch CPU threads (None: torch's choice)
+    overwrite: bool = False          # replace an earlier report in --out
 
 
 def parser() -> SettingsParser:
@@ -44,6 +48,7 @@ def parser() -> SettingsParser:
     p.add("ckpt", nargs="+", help="checkpoints; the first is the reference (e.g. BP)")
     p.add("out", help="output folder (%(default)s)")
     p.shared("n", "batch_size", "n_train", "n_test", "cache", "data_root", "device", "threads",
+             "overwrite",
              n={"help": "test inputs for CKA (%(default)s; 0: all)"},
              batch_size={"help": "minibatch CKA (default: full batch)"})
     return p
@@ -114,7 +119,7 @@ def write_report(settings: Settings, rows: list[dict], cka_results: dict,
     ]
     for b in settings.ckpt[1:]:
         sections.append(f"![{ref} vs {Path(b).stem}](cka/{ref}__vs__{Path(b).stem}.png)\n")
-    if (out / "cka" / "layer_matched.png").exists():
+    if cka.layer_matched(cka_results):
         sections += ["### Layer-matched CKA\n",
                      "CKA of each layer with the same layer of the reference. A second "
                      "seed of the reference method marks the ceiling: how similar two "
@@ -133,7 +138,7 @@ def write_report(settings: Settings, rows: list[dict], cka_results: dict,
 
 
 def _diagonal_table(cka_results: dict) -> str:
-    same = {label: r for label, r in cka_results.items() if len(r.layers_a) == len(r.layers_b)}
+    same = cka.layer_matched(cka_results)
     layers = list(next(iter(same.values())).layers_a)
     return layer_table(layers, {label: list(r.diagonal()) for label, r in same.items()})
 
@@ -142,18 +147,23 @@ def run(settings: Settings) -> Path:
     if len(settings.ckpt) < 2:
         raise ValueError("--ckpt needs at least two checkpoints: a reference and one to "
                          "compare with it")
-    out = Path(settings.out)
+    final = Path(settings.out)
     common = {"cache": settings.cache, "data_root": settings.data_root,
               "device": settings.device}
-    rows = model_rows(settings.ckpt)
-    cka_results = cka.run(cka.Settings(a=settings.ckpt[0], b=settings.ckpt[1:], n=settings.n,
-                                       batch_size=settings.batch_size, out=str(out / "cka"),
-                                       **common))
-    probes = probe.run(probe.Settings(ckpt=settings.ckpt, n_train=settings.n_train,
-                                      n_test=settings.n_test, out=str(out / "probe"),
-                                      **common))
-    write_settings(settings, out)
-    path = write_report(settings, rows, cka_results, probes, out)
+    with run_folder(final, overwrite=settings.overwrite, sources={"--ckpt": settings.ckpt},
+                    cache=settings.cache, data_root=settings.data_root) as out:
+        rows = model_rows(settings.ckpt)
+        cka_results = cka.run(cka.Settings(a=settings.ckpt[0], b=settings.ckpt[1:],
+                                           n=settings.n, batch_size=settings.batch_size,
+                                           out=str(final / "cka"), **common),
+                              into=out / "cka")
+        probes = probe.run(probe.Settings(ckpt=settings.ckpt, n_train=settings.n_train,
+                                          n_test=settings.n_test, out=str(final / "probe"),
+                                          **common),
+                           into=out / "probe")
+        write_settings(settings, out)
+        write_report(settings, rows, cka_results, probes, out)
+    path = final / "report.md"
     print(f"\nwrote {path}")
     return path
 

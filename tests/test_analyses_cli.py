@@ -1,6 +1,7 @@
 """The command-line analyses end to end on two tiny checkpoints."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -77,51 +78,54 @@ def test_cka_cli_minibatch_and_h5_inputs(tiny_checkpoints, tmp_path):
     assert record["batch_size"] == 40
 
 
-def test_cka_cli_max_memory_picks_the_minibatch_size(tiny_checkpoints, tmp_path):
+def test_cka_cli_max_memory_picks_the_minibatch_size(tiny_checkpoints, tmp_path, capsys):
     a, b, out, record = _minibatch_record(tiny_checkpoints, tmp_path, "--max-memory", "4")
     assert 4 <= record["batch_size"] <= 120
-    message = _error(None, ["--a", str(a), "--b", str(b), "--max-memory", "0.0001",
-                            "--out", str(out)])
+    message = _error(capsys, ["--a", str(a), "--b", str(b), "--max-memory", "0.0001",
+                              "--out", str(out), "--overwrite"])
     assert message.startswith("error:") and "cannot hold even a batch of 4 rows" in message
 
 
-def _error(capsys_or_none, argv):
+def _error(capsys, argv, main=cka_cli.main):
+    """The message of a command (default: analyses.cka) refusing a bad input: the last line
+    of stderr, after any progress bars, with exit status 2."""
     with pytest.raises(SystemExit) as info:
-        cka_cli.main(argv)
-    return str(info.value.code)
+        main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err.rstrip("\n").splitlines()[-1]
 
 
-def test_cka_cli_missing_file(tmp_path):
-    message = _error(None, ["--a", str(tmp_path / "nope.pt"), "--b", str(tmp_path / "nope.pt"),
+def test_cka_cli_missing_file(tmp_path, capsys):
+    message = _error(capsys, ["--a", str(tmp_path / "nope.pt"), "--b", str(tmp_path / "nope.pt"),
                             "--out", str(tmp_path)])
     assert message.startswith("error:") and "does not exist" in message
 
 
-def test_cka_cli_not_a_checkpoint(tmp_path):
+def test_cka_cli_not_a_checkpoint(tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
-    message = _error(None, ["--a", str(junk), "--b", str(junk), "--out", str(tmp_path)])
+    message = _error(capsys, ["--a", str(junk), "--b", str(junk), "--out", str(tmp_path / "o")])
     assert "not a PyTorch checkpoint" in message
 
 
-def test_cka_cli_mismatched_inputs(tiny_checkpoints, tmp_path):
+def test_cka_cli_mismatched_inputs(tiny_checkpoints, tmp_path, capsys):
     a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
     b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5", "--seed", "3")
-    message = _error(None, ["--a", str(a), "--b", str(b), "--out", str(tmp_path / "o")])
+    message = _error(capsys, ["--a", str(a), "--b", str(b), "--out", str(tmp_path / "o")])
     assert "error:" in message and "indices" in message
 
 
-def test_cka_cli_unknown_layer(tiny_checkpoints, tmp_path):
+def test_cka_cli_unknown_layer(tiny_checkpoints, tmp_path, capsys):
     a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
-    message = _error(None, ["--a", str(a), "--b", str(a), "--layers", "layers.s9b9",
+    message = _error(capsys, ["--a", str(a), "--b", str(a), "--layers", "layers.s9b9",
                             "--out", str(tmp_path / "o")])
     assert "layers.s9b9" in message
 
 
-def test_cka_cli_other_split_is_refused(tiny_checkpoints, tmp_path):
+def test_cka_cli_other_split_is_refused(tiny_checkpoints, tmp_path, capsys):
     a = _extract(tiny_checkpoints["a"], tmp_path / "a.h5")
     b = _extract(tiny_checkpoints["b"], tmp_path / "b.h5", "--split", "train")
-    message = _error(None, ["--a", str(a), "--b", str(b), "--out", str(tmp_path / "o")])
+    message = _error(capsys, ["--a", str(a), "--b", str(b), "--out", str(tmp_path / "o")])
     assert "different splits" in message
 
 
@@ -141,7 +145,8 @@ def test_probe_cli_writes_table_and_plot(tiny_checkpoints, tmp_path, capsys):
     assert "linear probe (gap)" in capsys.readouterr().out
 
 
-def test_probe_cli_max_memory_streams_the_same_probe(tiny_checkpoints, tmp_path, read_sizes):
+def test_probe_cli_max_memory_streams_the_same_probe(tiny_checkpoints, tmp_path, read_sizes,
+                                                    capsys):
     from analyses import probe as probe_cli
     from repsim.probe import probe_block_rows
 
@@ -160,9 +165,10 @@ def test_probe_cli_max_memory_streams_the_same_probe(tiny_checkpoints, tmp_path,
     assert block < 300 and block in reads["streamed"] and reads["whole"] == {300, 100}
     for a, b in zip(whole, streamed):
         assert a.C == b.C and abs(a.test_acc - b.test_acc) <= 0.02
-    with pytest.raises(SystemExit, match="cannot hold a probe"):
-        probe_cli.main(["--ckpt", str(tiny_checkpoints["a"]), "--max-memory", "0.001",
-                        "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")])
+    assert "cannot hold a probe" in _error(
+        capsys, ["--ckpt", str(tiny_checkpoints["a"]), "--max-memory", "0.001",
+                 "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")],
+        probe_cli.main)
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "1e-9", "nan", "inf", "lots"])
@@ -179,11 +185,11 @@ def test_max_memory_must_be_a_positive_number_of_mib(command, value, tmp_path, c
         in capsys.readouterr().err
 
 
-def test_probe_cli_missing_checkpoint(tmp_path):
+def test_probe_cli_missing_checkpoint(tmp_path, capsys):
     from analyses import probe as probe_cli
 
-    with pytest.raises(SystemExit, match="does not exist"):
-        probe_cli.main(["--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path)])
+    assert "nope.pt does not exist" in _error(
+        capsys, ["--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path)], probe_cli.main)
 
 
 def test_cache_reuses_files_and_adds_missing_reductions(tiny_checkpoints, tmp_path):
@@ -201,11 +207,11 @@ def test_cache_reuses_files_and_adds_missing_reductions(tiny_checkpoints, tmp_pa
         assert wider.path == path and set(wider.reductions) == {"flatten", "gap"}
 
 
-def test_cka_cli_refuses_inputs_with_the_same_name(tiny_checkpoints, tmp_path):
+def test_cka_cli_refuses_inputs_with_the_same_name(tiny_checkpoints, tmp_path, capsys):
     a = _extract(tiny_checkpoints["a"], tmp_path / "x" / "m.h5")
     b = _extract(tiny_checkpoints["b"], tmp_path / "y" / "m.h5")
     c = _extract(tiny_checkpoints["a"], tmp_path / "c.h5")
-    message = _error(None, ["--a", str(c), "--b", str(a), str(b), "--out", str(tmp_path / "o")])
+    message = _error(capsys, ["--a", str(c), "--b", str(a), str(b), "--out", str(tmp_path / "o")])
     assert "named ['m']" in message and "distinct file name" in message
 
 
@@ -224,11 +230,11 @@ def test_report_gathers_accuracy_maps_and_probes(tiny_checkpoints, tmp_path):
     assert "| a.pt | bp |" in text and "| b.pt | bp |" in text
 
 
-def test_report_needs_two_checkpoints(tiny_checkpoints, tmp_path):
+def test_report_needs_two_checkpoints(tiny_checkpoints, tmp_path, capsys):
     from analyses import report
 
-    with pytest.raises(SystemExit, match="at least two checkpoints"):
-        report.main(["--ckpt", str(tiny_checkpoints["a"]), "--out", str(tmp_path)])
+    assert "at least two checkpoints" in _error(
+        capsys, ["--ckpt", str(tiny_checkpoints["a"]), "--out", str(tmp_path)], report.main)
 
 
 def test_threads_flag_sets_torch_threads(tiny_checkpoints, tmp_path):
@@ -272,12 +278,12 @@ def test_probe_cli_match_dim_probes_wider_layers_on_a_random_projection(
                                                                    acts["test"][1]))
 
 
-def test_probe_cli_refuses_a_bad_match_dim_before_extracting(tiny_checkpoints, tmp_path):
+def test_probe_cli_refuses_a_bad_match_dim_before_extracting(tiny_checkpoints, tmp_path, capsys):
     from analyses import probe as probe_cli
 
-    with pytest.raises(SystemExit, match="error: match_dim must be a positive int, got 0"):
-        probe_cli.main(["--ckpt", str(tiny_checkpoints["a"]), "--match-dim", "0",
-                        "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")])
+    assert _error(capsys, ["--ckpt", str(tiny_checkpoints["a"]), "--match-dim", "0",
+                           "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")],
+                  probe_cli.main).startswith("error: match_dim must be a positive int, got 0")
     assert not (tmp_path / "cache").exists()
 
 
@@ -315,7 +321,7 @@ def test_args_json_keeps_the_option_names(tiny_checkpoints, tmp_path):
     args = json.loads((out / "args.json").read_text())
     assert list(args) == ["a", "b", "out", "kernel", "threshold", "debiased", "batch_size",
                           "max_memory", "n", "seed", "split", "reduction", "layers", "cache",
-                          "data_root", "device", "threads"]
+                          "data_root", "device", "threads", "overwrite"]
     assert args["b"] == [str(tiny_checkpoints["b"])] and args["layers"] == ["layers.s3b1"]
     assert (args["n"], args["reduction"], args["batch_size"]) == (100, "gap", None)
 
@@ -378,9 +384,9 @@ def test_report_runs_cka_and_probe_settings_directly(tiny_checkpoints, tmp_path,
     monkeypatch.setattr(cka_cli, "parser", lambda: pytest.fail("report parsed cka's argv"))
     monkeypatch.setattr(probe, "parser", lambda: pytest.fail("report parsed probe's argv"))
     for module in (cka_cli, probe):
-        def spy(settings, real=module.run):
+        def spy(settings, real=module.run, **kwargs):
             seen[type(settings).__module__] = settings
-            return real(settings)
+            return real(settings, **kwargs)
         monkeypatch.setattr(module, "run", spy)
     out = tmp_path / "report"
     report.main(["--ckpt", str(tiny_checkpoints["a"]), str(tiny_checkpoints["b"]),
@@ -405,14 +411,15 @@ def test_report_model_rows_build_no_model(tiny_checkpoints, monkeypatch):
     assert rows[0]["arch"] == "resnet8 (width 4)" and rows[0]["epochs"] == 2
 
 
-def test_report_refuses_a_file_that_is_not_a_checkpoint(tiny_checkpoints, tmp_path):
+def test_report_refuses_a_file_that_is_not_a_checkpoint(tiny_checkpoints, tmp_path, capsys):
     from analyses import report
 
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
-    with pytest.raises(SystemExit, match="error: .*junk.pt is not a PyTorch checkpoint"):
-        report.main(["--ckpt", str(tiny_checkpoints["a"]), str(junk),
-                     "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")])
+    message = _error(capsys, ["--ckpt", str(tiny_checkpoints["a"]), str(junk),
+                              "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "cache")],
+                     report.main)
+    assert re.fullmatch("error: .*junk.pt is not a PyTorch checkpoint.*", message)
 
 
 # --- activations: one hash per extraction, one helper for notebooks ------------------------
@@ -454,3 +461,21 @@ def test_activations_of_a_missing_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pt does not exist: pass a checkpoint"):
         activations_of(tmp_path / "nope.pt", cache=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"n": -5}, "n must be a whole number >= 1 (None: the whole split), got -5"),
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1, got 0"),
+])
+def test_activations_of_refuses_bad_counts_by_name(kwargs, message, tiny_checkpoints, tmp_path):
+    from analyses.activations import activations_of
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        activations_of(tiny_checkpoints["a"], cache=tmp_path / "cache", **kwargs)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("value", ["cpu", "cpu:0"])
+def test_device_accepts_what_this_machine_has(value):
+    assert cka_cli.parser().parse_args(["--a", "a", "--b", "b", "--device", value]).device \
+        == value
