@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import torch
 
 from repsim.extract import ExtractError, parse_reduction
+from training.checks import device_problem
 
 S = TypeVar("S")
 
@@ -61,22 +62,9 @@ positive = _whole_number(1, "")                     # type of --threads, --batch
 def device(text: str) -> str:
     """argparse type of ``--device``: a torch device this machine has (cpu, cuda, cuda:<i>,
     mps), kept as the name."""
-    try:
-        kind = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"is not a torch device; use cpu, cuda, cuda:<index> "
-                                         f"or mps, got {text!r}") from None
-    if kind.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (kind.index or 0) >= count:
-            raise argparse.ArgumentTypeError(f"this machine has {count} CUDA GPU(s); use "
-                                             f"--device cpu or one it has, got {text!r}")
-    elif kind.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"MPS is not available on this machine; use --device "
-                                         f"cpu, got {text!r}")
-    elif kind.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"device type {kind.type!r} cannot run the analyses; "
-                                         f"use cpu, cuda, cuda:<index> or mps, got {text!r}")
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

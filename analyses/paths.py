@@ -21,16 +21,13 @@ import contextlib
 import fcntl
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from training.checks import OutputError, check_writable, read_only
+
 SOURCE_HINT = "pass a checkpoint written by training.train or an activation file (.h5)"
-
-
-class OutputError(ValueError):
-    """An output path that would replace an input, mix two runs, or cannot be written."""
 
 
 def check_input_file(path: str | Path, hint: str) -> Path:
@@ -100,7 +97,7 @@ def _check_replaceable_file(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise OutputError(f"--out {out} exists; pass --overwrite to replace it, or choose "
                           "another --out")
-    if _read_only(out):
+    if read_only(out):
         raise OutputError(f"--out {out} is read-only; make it writable (chmod u+w) to replace "
                           "it, or choose another --out")
 
@@ -122,28 +119,6 @@ def _check_replaceable_folder(out: Path, overwrite: bool) -> None:
         raise OutputError(f"--out {out} holds the outputs of an earlier run; pass --overwrite "
                           "to replace them, or choose another --out")
     check_writable(out, f"--out {out}")
-
-
-def _read_only(path: Path) -> bool:
-    """No one may write ``path`` by its mode, or this process may not (root is held to the
-    mode, as the user's statement that the path is not to be changed)."""
-    return not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK))
-
-
-def check_writable(folder: Path, what: str) -> None:
-    """Refuse ``what`` unless ``folder``, or its nearest existing parent where it does not
-    exist yet, is a folder in which a file can be created (tried, then removed)."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    if not existing.is_dir():
-        raise OutputError(f"{what}: {existing} is a file, not a folder")
-    if _read_only(existing):
-        raise OutputError(f"{what}: cannot write in {existing}: it is read-only")
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise OutputError(f"{what}: cannot write in {existing} ({err.strerror})") from None
 
 
 @contextlib.contextmanager

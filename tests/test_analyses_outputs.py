@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 from analyses import cka, extract, report
 from repsim.store import ActivationFile
+import training.checks
 from training.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -159,7 +161,7 @@ def test_a_folder_that_refuses_new_files_is_found_by_trying(tmp_path, monkeypatc
         with pytest.raises(paths.OutputError, match=r"immutable: it is read-only"):
             paths.check_output(folder / "o", folder=True, overwrite=False, inputs={})
         # where permissions look right (e.g. NFS, ACLs), creating a file is what tells
-        monkeypatch.setattr(paths, "_read_only", lambda path: False)
+        monkeypatch.setattr(training.checks, "read_only", lambda path: False)
         with pytest.raises(paths.OutputError, match=r"--out .*immutable/o: cannot write in "
                                                     r".*immutable \(Operation not permitted\)"):
             paths.check_output(folder / "o", folder=True, overwrite=False, inputs={})

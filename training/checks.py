@@ -68,8 +68,8 @@ def device_problem(name: str) -> str | None:
     """Why torch device ``name`` (``--device``) cannot be used here, or None if it can."""
     try:
         device = torch.device(name)
-    except RuntimeError:
-        return f"--device {name!r} is not a torch device: use cpu, cuda or cuda:N"
+    except (RuntimeError, ValueError):
+        return f"--device {name!r} is not a torch device: use cpu, cuda, cuda:N or mps"
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -78,12 +78,35 @@ def device_problem(name: str) -> str | None:
         if device.index is not None and device.index >= count:
             return (f"--device {name!r}: this machine has {count} GPUs "
                     f"(cuda:0 … cuda:{count - 1})")
-    elif device.type != "cpu":
-        try:
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as err:
-            return f"--device {name!r} is not available here ({err}); use --device cpu"
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {name!r}: MPS is not available on this machine; use --device cpu"
+    elif device.type not in ("cpu", "cuda", "mps"):
+        return (f"--device {name!r}: device type {device.type!r} cannot run here; use cpu, "
+                "cuda, cuda:N or mps")
     return None
+
+
+def read_only(path: Path) -> bool:
+    """No one may write ``path`` by its mode, or this process may not (root is held to the
+    mode, as the user's statement that the path is not to be changed)."""
+    return not (path.stat().st_mode & 0o222 and os.access(path, os.W_OK))
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Refuse ``what`` unless ``folder``, or its nearest existing parent where it does not
+    exist yet (the writer creates the rest), is a folder in which a file can be created
+    (tried, then removed)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"{what}: {existing} is a file, not a folder")
+    if read_only(existing):
+        raise OutputError(f"{what}: cannot write in {existing}: it is read-only")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise OutputError(f"{what}: cannot write in {existing} ({err.strerror or err}); "
+                          "choose another path or make the folder writable") from None
 
 
 def check_output(path: str | Path, flag: str, *, replace: bool, fix: str) -> None:
@@ -96,21 +119,10 @@ def check_output(path: str | Path, flag: str, *, replace: bool, fix: str) -> Non
     if path.exists():
         if not replace:
             raise FileExistsError(f"{flag} {path} exists: {fix}")
-        if not (os.access(path, os.W_OK) and path.stat().st_mode & 0o222):
+        if read_only(path):
             raise OutputError(f"{flag} {path} is read-only: make it writable (chmod u+w) "
                               f"or choose another {flag}")
-    folder = path.absolute().parent
-    while not folder.exists():   # the writer creates the missing folders below this one
-        folder = folder.parent
-    if not folder.is_dir():
-        raise OutputError(f"{flag} {path}: {folder} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise OutputError(f"{flag} {path}: cannot create files in {folder} "
-                          f"({err.strerror or err}); choose another {flag} or make the "
-                          "folder writable") from err
+    check_writable(path.absolute().parent, f"{flag} {path}")
 
 
 def check_distinct(outputs: dict[str, Path], inputs: list[tuple[str, Path]]) -> None:
