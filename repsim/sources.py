@@ -182,7 +182,7 @@ def as_source(obj: Any, role: str) -> ActivationSource:
 
 
 def _vector(values: Any, what: str, n: int, name: str) -> np.ndarray | None:
-    """(n,) int64 copy of labels or indices, or None."""
+    """(n,) copy of labels or indices (as given: labels may be any class names), or None."""
     if values is None:
         return None
     vector = np.asarray(values)

@@ -84,8 +84,9 @@ class UncheckedFileWarning(UserWarning):
 
 
 def layer_group(k: int, name: str) -> str:
-    """Path of the group that holds layer ``k`` (module name ``name``)."""
-    return f"layers/{k:02d}_{name}"
+    """Path of the group that holds layer ``k`` (module name ``name``; a ``/``, which torch
+    allows in module names but HDF5 reads as a subgroup, is written ``%2F``)."""
+    return f"layers/{k:02d}_{name.replace('/', '%2F')}"
 
 
 def rows_per_chunk(d: int) -> int:
@@ -108,8 +109,8 @@ def check_meta(meta: dict | None) -> dict:
     if not isinstance(meta, dict):
         raise ActivationFileError(f"meta must be a dict, got {type(meta).__name__}")
     for key, value in meta.items():
-        if not isinstance(key, str):
-            raise ActivationFileError(f"meta keys must be strings, got {key!r}")
+        if not isinstance(key, str) or not key:
+            raise ActivationFileError(f"meta keys must be non-empty strings, got {key!r}")
         try:
             encoded = json.dumps(value)
         except TypeError as err:
@@ -187,6 +188,9 @@ class ActivationWriter:
             indices continue strictly ascending (:func:`repsim.extract.check_batch` checks
             sizes and order).
         """
+        if len(labels) == 0:
+            raise ActivationFileError(f"a batch of 0 rows was appended to {self.path}; append "
+                                      "batches of at least one row")
         if self.n == 0:
             self._create(acts, shapes)
         for name in self._layers:
@@ -220,7 +224,7 @@ class ActivationWriter:
         try:
             _remove_stale_temps(self.path)
         finally:
-            _restore_sigterm(self._sigterm_caught)
+            self._release_sigterm()
 
     def _create(self, acts: dict[str, dict[str, np.ndarray]],
                 shapes: dict[str, tuple[int, ...]]) -> None:
@@ -264,7 +268,11 @@ class ActivationWriter:
                 self._h5.close()
         finally:
             self._tmp.unlink(missing_ok=True)
-            _restore_sigterm(self._sigterm_caught)
+            self._release_sigterm()
+
+    def _release_sigterm(self) -> None:
+        _restore_sigterm(self._sigterm_caught)
+        self._sigterm_caught = False
 
 
 def _temp_path(target: Path) -> Path:
@@ -309,22 +317,34 @@ def _exit_on_sigterm(signum: int, frame) -> None:
     raise SystemExit(128 + signum)
 
 
+_sigterm_holders = 0  # open writers that rely on _exit_on_sigterm
+
+
 def _catch_sigterm() -> bool:
     """Install :func:`_exit_on_sigterm` where SIGTERM has its default action (which would end
     the process without cleanup) and this is the main thread (the only one where Python runs
-    handlers); a handler of the caller or an ignored SIGTERM is left alone. Returns whether it
-    installed it."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    handlers); a handler of the caller or an ignored SIGTERM is left alone. Returns whether
+    this writer holds it; it stays installed while any writer holds it."""
+    global _sigterm_holders
+    if threading.current_thread() is not threading.main_thread():
         return False
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    handler = signal.getsignal(signal.SIGTERM)
+    if handler is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    elif handler is not _exit_on_sigterm:
+        return False
+    _sigterm_holders += 1
     return True
 
 
 def _restore_sigterm(caught: bool) -> None:
-    """Undo :func:`_catch_sigterm` (``caught``: what it returned), unless someone has replaced
-    its handler since."""
-    if caught and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
+    """Undo :func:`_catch_sigterm` (``caught``: what it returned) once no writer holds the
+    handler, unless someone has replaced it since."""
+    global _sigterm_holders
+    if not caught:
+        return
+    _sigterm_holders -= 1
+    if _sigterm_holders == 0 and signal.getsignal(signal.SIGTERM) is _exit_on_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
@@ -343,7 +363,8 @@ class _RowAppender:
         self._pending_rows = 0
 
     def append(self, values: np.ndarray) -> None:
-        self._pending.append(values)
+        # a copy: the caller may refill its buffer (e.g. a loader's labels) before the write
+        self._pending.append(np.array(values, copy=True))
         self._pending_rows += len(values)
         if self._pending_rows >= self.chunk_rows:
             self._write(self._pending_rows // self.chunk_rows * self.chunk_rows)
@@ -520,6 +541,9 @@ def _open(path: Path) -> h5py.File:
         raise FileNotFoundError(
             f"activation file {path} does not exist; create it with repsim.extract.extract"
         )
+    if path.is_dir():
+        raise ActivationFileError(f"{path} is a folder, not an activation file; pass the .h5 "
+                                  "file inside it")
     try:
         return h5py.File(path, "r")
     except OSError as err:

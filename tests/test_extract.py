@@ -336,7 +336,7 @@ def test_pool_to_the_feature_map_size_equals_flatten(tmp_path):
     (dict(reductions=("gap", "gap")), r"reductions lists \['gap'\] more than once"),
     (dict(compression="zstd"), r"compression must be one of .*'zstd'"),
     (dict(meta={"sha": object()}), r"meta\['sha'\] is not JSON-serialisable"),
-    (dict(meta={1: "a"}), r"meta keys must be strings, got 1"),
+    (dict(meta={1: "a"}), r"meta keys must be non-empty strings, got 1"),
     (dict(meta={"arch": "x" * 40000}), r"meta\['arch'\] is 40002 bytes"),
     (dict(device="cuda"), r"model parameters are on cpu but device='cuda'.*model\.to"),
 ])

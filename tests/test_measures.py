@@ -282,3 +282,18 @@ def test_sources_with_the_same_or_no_provenance_are_compared_silently():
                                                                          split="test"))
         bare = cka_matrix(sourced(0), {"l": sourced(1).read("l")})
     np.testing.assert_array_equal(same.matrix, bare.matrix)
+
+
+def test_a_source_of_one_stored_reduction_is_read_at_it_by_default():
+    rng = np.random.default_rng(7)
+    a = ActivationSet({"l": rng.standard_normal((20, 3))})          # "gap" by default
+    b = ActivationSet({"l": rng.standard_normal((20, 3))})
+    result = cka_matrix(a, b)
+    assert result.reduction == "gap"
+    np.testing.assert_array_equal(result.matrix, cka_matrix(a.arrays, b.arrays).matrix)
+
+
+def test_rbf_with_a_memory_budget_is_refused_naming_the_budget():
+    x = np.random.default_rng(8).standard_normal((20, 3))
+    with pytest.raises(ValueError, match="max_memory picks the batch size .* omit max_memory"):
+        cka_matrix({"x": x}, {"y": x}, kernel="rbf", max_memory=2**20)

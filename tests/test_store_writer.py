@@ -100,7 +100,7 @@ def test_shape_changing_between_batches_is_refused(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(compression="zstd"), r"compression must be one of .*'zstd'"),
     (dict(meta=["a"]), r"meta must be a dict, got list"),
-    (dict(meta={1: "a"}), r"meta keys must be strings, got 1"),
+    (dict(meta={1: "a"}), r"meta keys must be non-empty strings, got 1"),
     (dict(meta={"sha": object()}), r"meta\['sha'\] is not JSON-serialisable"),
     (dict(meta={"arch": "x" * 40000}), r"meta\['arch'\] is 40002 bytes"),
 ])

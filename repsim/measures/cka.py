@@ -345,6 +345,10 @@ def cka_matrix(
         if batch_size is not None:
             raise ValueError(f"pass batch_size ({batch_size}) or max_memory ({max_memory}), not "
                              f"both: max_memory picks the batch size")
+        if kernel != "linear":
+            raise ValueError(f"max_memory picks the batch size of the minibatch estimator, which "
+                             f"supports only kernel='linear', got {kernel!r}; omit max_memory "
+                             "for RBF")
         batch_size = minibatch_batch_size(*pairing.widths(), n, max_memory)
     minibatch = batch_size is not None
     _check_settings(kernel=kernel, threshold=threshold, debiased=debiased or minibatch, n=n,

@@ -93,7 +93,8 @@ def pair_sources(a: Any, b: Any, *, reduction: str | None = None,
                  layers_b: Sequence[str] | None = None) -> Pairing:
     """Check and pair two sources (or ``{layer: (n, p) array}`` dicts).
 
-    Sources with stored reductions are read at ``reduction`` (default "flatten"); in-memory
+    Sources with stored reductions are read at ``reduction`` (default "flatten", or the only
+    reduction a source stores); in-memory
     arrays are taken as they are. Both must hold the same n inputs, and the same dataset
     indices in the same order where both know them.
     """
@@ -178,8 +179,13 @@ def _described(source: ActivationSource, role: str) -> str:
 
 
 def _side(source: ActivationSource, role: str, reduction: str | None) -> Side:
-    stored = bool(source.reductions)
-    return Side(source, role, (reduction or FLATTEN) if stored else None)
+    """``source`` read at ``reduction``; by default "flatten", or the only one it stores."""
+    stored = list(source.reductions)
+    if not stored:
+        return Side(source, role, None)
+    if reduction is None:
+        reduction = stored[0] if len(stored) == 1 else FLATTEN
+    return Side(source, role, reduction)
 
 
 def _select_layers(requested: Sequence[str] | None, side: Side, what: str) -> tuple[str, ...]:
