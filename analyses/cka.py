@@ -131,7 +131,10 @@ def run(settings: Settings, *, into: Path | None = None) -> dict[str, CKAResult]
             for source in settings.b:
                 b = open_once(source)
                 stem = f"{Path(settings.a).stem}__vs__{Path(source).stem}"
-                results[model_label(b)] = compare(a, b, stem, settings, out)
+                label = model_label(b)
+                if label in results:  # checkpoints of one name in different folders
+                    label = f"{label} [{Path(source).stem}]"
+                results[label] = compare(a, b, stem, settings, out)
             write_layer_matched(results, model_label(a), out)
         finally:
             for f in opened.values():

@@ -5,8 +5,9 @@
   (its outputs would mix with it, and ``--overwrite`` would delete it), and an existing file
   inside an input folder (``--data-root``), which may be one of the inputs.
 * An existing output is replaced only with ``--overwrite``, and never a read-only one. A folder
-  output may exist empty; one that holds a run's outputs (it has ``args.json``) is replaced as
-  a whole with ``--overwrite``; one that holds other files is never replaced.
+  output may exist empty; one that holds exactly the files an earlier run listed in its
+  :data:`MANIFEST` is replaced as a whole with ``--overwrite``; one that holds any other file
+  (the user's own, a checkpoint) is never replaced.
 * Every folder written in must be writable: checked up front by creating and deleting a file
   in it (or in its nearest existing parent, where it does not exist yet).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import uuid
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from training.checks import OutputError, check_writable, read_only
 
+MANIFEST = ".run-files"  # in a run's folder: the files the run wrote (JSON list)
 SOURCE_HINT = "pass a checkpoint written by training.train or an activation file (.h5)"
 
 
@@ -111,10 +114,17 @@ def _check_replaceable_folder(out: Path, overwrite: bool) -> None:
                           "folder")
     if not any(out.iterdir()):
         return  # an empty folder: the run's folder takes its place
-    if not (out / "args.json").is_file():
+    listed = _listed_files(out)
+    if listed is None:
         raise OutputError(f"--out {out} holds files that are not the outputs of an analysis "
-                          "run (it has no args.json), which are never replaced; choose a "
-                          "new or empty folder")
+                          f"run (it has no {MANIFEST}, the list a run writes beside its "
+                          "args.json), which are never replaced; choose a new or empty folder")
+    extra = sorted(_files(out) - listed - {MANIFEST})
+    if extra:
+        more = ", …" if len(extra) > 3 else ""
+        raise OutputError(f"--out {out} holds files its earlier run did not write "
+                          f"({', '.join(extra[:3])}{more}), which are never replaced; move "
+                          "them elsewhere or choose another --out")
     if not overwrite:
         raise OutputError(f"--out {out} holds the outputs of an earlier run; pass --overwrite "
                           "to replace them, or choose another --out")
@@ -158,16 +168,37 @@ def run_folder(out: str | Path, *, overwrite: bool, sources: Mapping[str, Sequen
         for path in paths:
             check_input_file(path, SOURCE_HINT)
     out = check_output(out, folder=True, overwrite=overwrite, cache=cache,
-                       inputs={**sources, "--data-root": [data_root]})
+                       inputs={**sources, "--data-root": [data_root]}).resolve()
     with new_folders(out.parent):
         staging = _beside(out, "tmp")
         staging.mkdir()
         try:
             yield staging
+            _list_files(staging)
             _replace_folder(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def _files(folder: Path) -> set[str]:
+    """The files below ``folder``, as paths relative to it ('cka/a__vs__b.png')."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+
+
+def _list_files(folder: Path) -> None:
+    """Write :data:`MANIFEST`: the files of a finished run, so that ``--overwrite`` later
+    replaces a folder only when it holds nothing else."""
+    (folder / MANIFEST).write_text(json.dumps(sorted(_files(folder))))
+
+
+def _listed_files(folder: Path) -> set[str] | None:
+    """The files a run's :data:`MANIFEST` lists, or None without a readable one."""
+    try:
+        listed = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return set(listed) if isinstance(listed, list) else None
 
 
 def _beside(path: Path, kind: str) -> Path:

@@ -47,7 +47,6 @@ def test_a_second_run_replaces_the_first_as_a_whole(tiny_checkpoints, tmp_path, 
     a, b = (str(tiny_checkpoints[k]) for k in "ab")
     out, fresh, cache = tmp_path / "out", tmp_path / "fresh", tmp_path / "cache"
     _cka(tiny_checkpoints, out, cache, b, a)
-    (out / "stale__vs__x.png").write_text("from a run long ago")
     first = tree(out)
     with pytest.raises(SystemExit) as info:
         _cka(tiny_checkpoints, out, cache, b)
@@ -59,6 +58,46 @@ def test_a_second_run_replaces_the_first_as_a_whole(tiny_checkpoints, tmp_path, 
     for name in ("a__vs__b.json", "layer_matched.csv"):
         assert (out / name).read_text() == (fresh / name).read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging left
+
+
+def test_overwrite_never_deletes_files_the_earlier_run_did_not_write(tiny_checkpoints, tmp_path,
+                                                                      capsys):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    _cka(tiny_checkpoints, out, cache, str(tiny_checkpoints["b"]))
+    (out / "mine").mkdir()
+    (out / "mine" / "notes.txt").write_text("the user's own")
+    before = tree(out)
+    with pytest.raises(SystemExit) as info:
+        _cka(tiny_checkpoints, out, cache, str(tiny_checkpoints["b"]), "--overwrite")
+    assert info.value.code == 2
+    assert "did not write (mine/notes.txt)" in capsys.readouterr().err
+    assert tree(out) == before
+
+
+def test_the_current_folder_is_a_valid_out_when_empty(tiny_checkpoints, tmp_path,
+                                                       monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    cka.main(["--a", str(tiny_checkpoints["a"]), "--b", str(tiny_checkpoints["b"]), "--n", "100",
+              "--out", ".", "--cache", str(tmp_path / "cache")])
+    assert (tmp_path / "here" / "a__vs__b.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_checkpoints_of_one_name_in_two_folders_keep_both_lines(tiny_checkpoints, tmp_path):
+    files = []
+    for key, folder in (("a", "s0"), ("b", "s1")):
+        (tmp_path / folder).mkdir()
+        ckpt = tmp_path / folder / "m.pt"
+        ckpt.write_bytes(tiny_checkpoints[key].read_bytes())
+        files.append(str(tmp_path / f"{folder}_m.h5"))
+        extract.main(["--ckpt", str(ckpt), "--n", "100", "--out", files[-1]])
+    out = tmp_path / "out"
+    cka.main(["--a", str(tiny_checkpoints["a"]), "--b", *files, "--n", "100", "--out", str(out),
+              "--cache", str(tmp_path / "cache")])
+    header = (out / "layer_matched.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == 3 and len(set(header)) == 3
 
 
 def test_an_empty_folder_is_a_valid_out(tiny_checkpoints, tmp_path):

@@ -58,6 +58,7 @@ def workspace(tmp_path, tiny_checkpoints, monkeypatch):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "args.json").write_text("{}")
     (tmp_path / "run" / "a__vs__b.png").write_text("an earlier run's heatmap")
+    (tmp_path / "run" / ".run-files").write_text('["a__vs__b.png", "args.json"]')
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "notes.txt").write_text("the user's own files")
     (tmp_path / "afile").write_text("a file where a folder is expected")
