@@ -24,6 +24,7 @@ from analyses.paths import SOURCE_HINT, check_input_file, exclusive, new_folders
 from repsim.extract import extract
 from repsim.store import ActivationFile
 from training import data as datasets
+from training.checks import Range
 from training.checkpoint import checkpoint_meta, load_checkpoint
 
 DEFAULT_CACHE = Path("acts")
@@ -38,10 +39,10 @@ class InputSelection:
     batch_size: int = 250       # inputs per forward pass (does not change the values)
 
     def __post_init__(self):
-        for name, value, whole in (("n", self.n, " (None: the whole split)"),
-                                   ("batch_size", self.batch_size, "")):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a whole number >= 1{whole}, got {value!r}")
+        for name, value, accepted in (("n", self.n, Range(int, 1, note="None: the whole split")),
+                                      ("batch_size", self.batch_size, Range(int, 1))):
+            if value is not None and not accepted.admits(value):
+                raise ValueError(f"{name} must be {accepted}, got {value!r}")
 
 
 def sha256(path: str | Path) -> str:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 
 from repsim.extract import ExtractError, parse_reduction
-from training.checks import device_problem
+from training.checks import Range, device_problem
 
 S = TypeVar("S")
 
@@ -42,21 +42,8 @@ def mebibytes(text: str) -> int:
     return int(value * 2**20)
 
 
-def _whole_number(least: int, hint: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = least - 1
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}{hint}, got "
-                                             f"{text!r}")
-        return value
-    return parse
-
-
-count = _whole_number(0, " (0: the whole split)")  # type of --n, --n-train, --n-test
-positive = _whole_number(1, "")                     # type of --threads, --batch-size
+count = Range(int, 0, note="0: the whole split").parse  # type of --n, --n-train, --n-test
+positive = Range(int, 1).parse                          # type of --threads, --batch-size
 
 
 def device(text: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["ActivationSet", "ActivationSource", "SourceError", "as_source"]
+__all__ = ["ActivationSet", "ActivationSource", "SourceError", "as_source", "check_block_rows"]
 
 
 class SourceError(ValueError):
@@ -150,9 +150,7 @@ class ActivationSet:
     def iter_blocks(self, layer: str, reduction: str | None, block_rows: int
                     ) -> Iterator[Any]:
         """Consecutive (≤ block_rows, D) views covering all N rows in order."""
-        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) \
-                or block_rows < 1:
-            raise SourceError(f"block_rows must be a positive int, got {block_rows!r}")
+        block_rows = check_block_rows(block_rows)
         self._check(layer, reduction)
         return (self.read(layer, reduction, slice(start, start + block_rows))
                 for start in range(0, self._n, block_rows))
@@ -179,6 +177,14 @@ def as_source(obj: Any, role: str) -> ActivationSource:
         raise TypeError(f"{role} must be a dict name → (n, p) array or an activation source "
                         f"(ActivationFile, ActivationSet); got {type(obj).__name__}")
     return obj
+
+
+def check_block_rows(block_rows: Any, error: type[Exception] = SourceError) -> int:
+    """``block_rows`` of a block iteration as a positive int; anything else raises ``error``."""
+    if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) \
+            or block_rows < 1:
+        raise error(f"block_rows must be a positive int, got {block_rows!r}")
+    return int(block_rows)
 
 
 def _vector(values: Any, what: str, n: int, name: str) -> np.ndarray | None:

@@ -64,6 +64,7 @@ import h5py
 import numpy as np
 
 import repsim
+from repsim.sources import check_block_rows
 
 FORMAT = "repsim-activations"
 FORMAT_VERSION = 2  # 2: a fletcher32 checksum on every dataset; 1: none
@@ -478,8 +479,7 @@ class ActivationFile:
 
     def iter_blocks(self, layer: str, reduction: str, block_rows: int) -> Iterator[np.ndarray]:
         """Consecutive (≤ block_rows, D) float32 blocks covering all N rows in order."""
-        if not isinstance(block_rows, int) or block_rows < 1:
-            raise ActivationFileError(f"block_rows must be a positive int, got {block_rows!r}")
+        block_rows = check_block_rows(block_rows, ActivationFileError)
         self._dataset(layer, reduction)  # fail on a bad name now, not at the first next()
         return (self.read(layer, reduction, slice(start, start + block_rows))
                 for start in range(0, self.n, block_rows))

@@ -27,15 +27,20 @@ class OutputError(ValueError):
 @dataclass(frozen=True)
 class Range:
     """The values a numeric setting accepts: whole numbers (``kind=int``) or finite reals
-    (``kind=float``) between ``low`` and ``high``, ends included unless ``*_open``."""
+    (``kind=float``) between ``low`` and ``high``, ends included unless ``*_open``; ``note``
+    explains a special value in messages, e.g. "0: the whole split"."""
 
     kind: type
     low: float
     high: float = math.inf
     low_open: bool = False
     high_open: bool = False
+    note: str = ""
 
     def __str__(self) -> str:
+        return self._bounds() + (f" ({self.note})" if self.note else "")
+
+    def _bounds(self) -> str:
         if self.kind is int:
             return f"a whole number >= {self.low:g}"
         if self.high == math.inf:

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from repsim.sources import ActivationSource
+from repsim.sources import ActivationSource, check_block_rows
 
 __all__ = ["ProbeError", "StreamedFeatures", "check_finite", "column_moments", "describe_layer",
            "feature_width"]
@@ -59,10 +58,7 @@ class StreamedFeatures:
     block_rows: int
 
     def __post_init__(self):
-        if isinstance(self.block_rows, bool) or not isinstance(self.block_rows, (int, np.integer)) \
-                or self.block_rows < 1:
-            raise ProbeError(f"block_rows must be a positive int, got {self.block_rows!r}")
-        object.__setattr__(self, "block_rows", int(self.block_rows))
+        object.__setattr__(self, "block_rows", check_block_rows(self.block_rows, ProbeError))
 
     @property
     def shape(self) -> tuple[int, int]:
