@@ -11,20 +11,18 @@ place a default is written; options several commands share come from :data:`SHAR
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
 from repsim.extract import ExtractError, parse_reduction
+from repsim.store import sigterm_exits
 from training.checks import Range, device_problem
 
 S = TypeVar("S")
@@ -140,7 +138,7 @@ def run_cli(parser: Callable[[], SettingsParser], run: Callable[[S], object],
     a bug and keeps its traceback. SIGTERM ends the command as Ctrl-C does, cleaning up.
     """
     try:
-        with _sigterm_exits():
+        with sigterm_exits():
             settings = parser().parse_args(argv)
             if settings.threads:
                 torch.set_num_threads(settings.threads)
@@ -148,22 +146,3 @@ def run_cli(parser: Callable[[], SettingsParser], run: Callable[[S], object],
     except (ValueError, OSError) as err:
         print("error: " + " ".join(str(err).split()), file=sys.stderr)
         sys.exit(2)
-
-
-@contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """In the block (of the main thread), SIGTERM raises ``SystemExit(143)``, so a killed
-    command unwinds as an interrupted one does: temporary folders and files removed, locks
-    released. The previous handler is restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _exit_143)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _exit_143(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)

@@ -318,7 +318,19 @@ def _exit_on_sigterm(signum: int, frame) -> None:
     raise SystemExit(128 + signum)
 
 
-_sigterm_holders = 0  # open writers that rely on _exit_on_sigterm
+_sigterm_holders = 0  # open writers (and sigterm_exits blocks) that rely on _exit_on_sigterm
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """In the block, SIGTERM raises ``SystemExit(143)`` as the writers' handler does, so a
+    killed command unwinds as an interrupted one: temporary files and folders removed, locks
+    released (main thread, where SIGTERM has its default action; restored after)."""
+    caught = _catch_sigterm()
+    try:
+        yield
+    finally:
+        _restore_sigterm(caught)
 
 
 def _catch_sigterm() -> bool:
