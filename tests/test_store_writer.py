@@ -135,3 +135,13 @@ def test_rows_reach_the_file_in_whole_chunks(tmp_path):
         appender.flush()
         assert lengths == [0, 100, 200]
         np.testing.assert_array_equal(dataset[()], rows)
+
+
+def test_reading_activation_files_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, repsim.store; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"
