@@ -81,6 +81,11 @@ SHARED: dict[str, dict[str, Any]] = {
     "data_root": {"help": "dataset folder (see training.train --help)"},
     "device": {"type": device, "help": "torch device: cpu, cuda, cuda:1, ... (%(default)s)"},
     "threads": {"type": positive, "help": "torch CPU threads"},
+    "level": {"type": Range(float, 0, 1, low_open=True, high_open=True).parse,
+              "help": "level of every interval (%(default)s)"},
+    "n_perm": {"type": Range(int, 0, note="0: no baseline").parse, "metavar": "N",
+               "help": "compare every map with N shuffles of B's inputs: p-values, calibrated "
+                       "score"},
     "overwrite": {"action": "store_true",
                   "help": "replace an existing --out (an earlier run's outputs as a whole); "
                           "an output that is an input is refused even so"},

@@ -23,12 +23,15 @@ def title_of(result: SimilarityResult) -> str:
 
 
 def write_similarity(result: SimilarityResult, stem: str, out: Path, *, name_a: str,
-                     name_b: str) -> list[Path]:
+                     name_b: str, calibrated: bool = False,
+                     alpha: float | None = None) -> list[Path]:
     """Write ``out/<stem>.png``, ``.csv`` and ``.json`` of ``result``; ``name_a``/``name_b``
-    label the axes and go into the JSON beside the result's own record."""
+    label the axes and go into the JSON beside the result's own record. ``calibrated`` and
+    ``alpha``: the heatmap's options of :func:`repsim.plot.result_heatmap`."""
     png, table, record = (out / f"{stem}{suffix}" for suffix in (".png", ".csv", ".json"))
     plot.save_figure(plot.result_heatmap(result, name_a=name_a, name_b=name_b,
-                                         title=title_of(result)), png)
+                                         title=title_of(result), calibrated=calibrated,
+                                         alpha=alpha), png)
     result.write_csv(table)
     record.write_text(json.dumps({**result.to_dict(), "model_a": name_a, "model_b": name_b},
                                  indent=1))

@@ -1,13 +1,22 @@
 """One page comparing trained networks: accuracy, training cost, CKA maps, probes.
 
     python -m analyses.report --ckpt bp.pt auglocal.pt dgl.pt bp_seed1.pt --out report
+    python -m analyses.report --ckpt bp=bp_s0.pt,bp_s1.pt auglocal=al_s0.pt,al_s1.pt dgl=...
+
+Each ``--ckpt`` entry is a checkpoint or the seeds of one method, ``NAME=FILE,FILE,...``
+(:mod:`analyses.groups`); the first entry is the reference. With seed groups the layer-matched
+CKA is the seed-group comparison of ``analyses.cka`` (each method's mean over seed pairs with
+its interval, the reference's noise ceiling, and the tests' one-line verdicts, from which the
+report lists the significant differences and counts the others) and the probe curves are
+means over seeds with their intervals.
 
 The first checkpoint is the reference: CKA maps compare it with each other one (include a
-second BP seed to show the noise ceiling of the layer-matched CKA). Runs ``analyses.cka`` and
-``analyses.probe`` into ``OUT/cka`` and ``OUT/probe`` and writes ``OUT/report.md``, whose
-numbers all come from those files and the checkpoints. ``--out`` holds one run's files: an
-earlier report is replaced as a whole, and only with ``--overwrite`` (see
-:mod:`analyses.paths`).
+second BP seed to show the noise ceiling of the layer-matched CKA). Runs ``analyses.cka``,
+``analyses.similarity`` (the layer-matched values of :data:`REPORT_MEASURES`, measures cheap at
+the report's n) and ``analyses.probe`` into ``OUT/cka``, ``OUT/similarity`` and ``OUT/probe``
+and writes ``OUT/report.md``, whose numbers all come from those files and the checkpoints.
+``--out`` holds one run's files: an earlier report is replaced as a whole, and only with
+``--overwrite`` (see :mod:`analyses.paths`).
 """
 
 from __future__ import annotations
@@ -16,20 +25,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from analyses import cka, probe
+import numpy as np
+
+from analyses import cka, probe, similarity
 from analyses.activations import DEFAULT_CACHE
 from analyses.cli import SettingsParser, run_cli, write_settings
+from analyses.groups import SeedGroup, count, group_option, parse_groups
 from analyses.outputs import title_of
 from analyses.paths import run_folder
 from repsim import plot
+from repsim.stats.groups import ALPHA, LayerTest, SeedGroups
 from training import checkpoint_meta
 
 MIB = 2**20
+# one measure of each family beside CKA in the layer-matched comparison, each a few seconds at
+# n = 2,000 on the cached gap features; RSA and RBF CKA (n×n matrices per layer) take about a
+# minute there: run analyses.similarity for them
+REPORT_MEASURES = ("linear_cka", "pwcca", "procrustes", "mutual_knn")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    ckpt: tuple[str, ...]            # checkpoints; the first is the reference (e.g. BP)
+    ckpt: tuple[str, ...]            # FILE or NAME=FILE,FILE,...; the first is the reference
     out: str = "report"              # output folder
     n: int = 2000                    # test inputs for CKA (0: the whole split)
     batch_size: int | None = None    # minibatch CKA rows per batch (None: full batch)
@@ -41,11 +58,26 @@ class Settings:
     threads: int | None = None       # torch CPU threads (None: torch's choice)
     overwrite: bool = False          # replace an earlier report in --out
 
+    def __post_init__(self):
+        if len(self.groups()) < 2:
+            raise ValueError("--ckpt needs at least two checkpoints: a reference and one to "
+                             "compare with it (a first entry NAME=FILE,FILE,... is one "
+                             "reference of several seeds)")
+
+    def groups(self) -> tuple[SeedGroup, ...]:
+        """The parsed ``ckpt`` entries; the first is the reference."""
+        return parse_groups(self.ckpt, "--ckpt")
+
+    def files(self) -> list[str]:
+        """Every checkpoint of ``ckpt``, the reference's first."""
+        return [f for group in self.groups() for f in group.files]
+
 
 def parser() -> SettingsParser:
     """The command line: one option per field of :class:`Settings`, which it builds."""
     p = SettingsParser("python -m analyses.report", __doc__, Settings)
-    p.add("ckpt", nargs="+", help="checkpoints; the first is the reference (e.g. BP)")
+    p.add("ckpt", nargs="+", type=group_option, metavar="FILE|NAME=FILE,FILE,...",
+          help="checkpoints, or the seeds of one method; the first is the reference (e.g. BP)")
     p.add("out", help="output folder (%(default)s)")
     p.shared("n", "batch_size", "n_train", "n_test", "cache", "data_root", "device", "threads",
              "overwrite",
@@ -89,27 +121,66 @@ def models_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def layer_table(layers: list[str], columns: dict[str, list[float]]) -> str:
-    """Markdown table: one row per layer, one column of values per model ('–' past its end)."""
+def layer_table(layers: list[str], columns: dict[str, list[float | str]]) -> str:
+    """Markdown table: one row per layer, one column of values (numbers, or cells already
+    written) per model ('–' past its end)."""
     lines = ["| layer | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for i, name in enumerate(plot.short_labels(layers)):
-        cells = [f"{values[i]:.4f}" if i < len(values) else "–" for values in columns.values()]
+        cells = [("–" if i >= len(values) else values[i] if isinstance(values[i], str)
+                  else f"{values[i]:.4f}") for values in columns.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def probe_table(tables: dict) -> str:
-    layers = [r.layer for r in next(iter(tables.values()))]
-    return layer_table(layers, {label: [r.test_acc for r in t] for label, t in tables.items()})
+def probe_table(probes: probe.ProbeRun) -> str:
+    """Test accuracy [interval] per layer, one column per group."""
+    layers = list(next(iter(probes.curves.values())).layers)
+    return layer_table(layers, {f"{name} ({count(curve.seeds, 'seed')})": probe.cells(curve)
+                                for name, curve in probes.curves.items()})
 
 
-def write_report(settings: Settings, rows: list[dict], cka_results: dict,
-                 probes: dict, out: Path) -> Path:
-    ref = Path(settings.ckpt[0]).stem
-    first = next(iter(cka_results.values()))
+def seed_group_section(result: SeedGroups) -> list[str]:
+    """The seed-group comparison of layer-matched CKA: figure, means with intervals, and which
+    differences are significant (the tests' verdict lines)."""
+    significant = sum(int(np.sum(test.p_adjusted <= ALPHA)) for test in result.tests)
+    total = sum(len(test.layers) for test in result.tests)
+    lines = ["### Layer-matched CKA over seeds\n",
+             "CKA of each layer with the same layer of the reference: per method the mean over "
+             "all (reference seed, method seed) pairs, with its interval as brackets and band; "
+             "the grey band is the reference's noise ceiling (how alike two of its seeds are). "
+             f"A star marks a layer where a method differs from the ceiling (Holm p ≤ {ALPHA})."
+             "\n", "![layer-matched CKA](cka/layer_matched.png)\n",
+             layer_table(list(result.layers), cka.seed_group_table(result)), "",
+             *(f"* {note}" for note in cka.seed_group_notes(result)),
+             "\n#### Which differences are significant\n",
+             f"Per layer, each method against the ceiling and each pair of methods, p "
+             f"Holm-adjusted over the layers of each test (every verdict: `cka/tests.csv`). "
+             f"Significant (p ≤ {ALPHA}): {significant} of {total} layer tests.\n"]
+    return lines + [line for test in result.tests for line in significance_lines(test)]
+
+
+def significance_lines(test: LayerTest) -> list[str]:
+    """Bullets: the verdict of each layer where ``test`` is significant, then one line naming
+    the layers where it is not (or is undefined)."""
+    hits = test.p_adjusted <= ALPHA
+    lines = [f"* {line}" for line, hit in zip(test.verdicts(), hits) if hit]
+    rest = [name for name, hit in zip(plot.short_labels(test.layers), hits) if not hit]
+    if rest:
+        floor = (f"; with these seeds p cannot go below {test.smallest_p:.2g}"
+                 if test.smallest_p > ALPHA else "")
+        lines.append(f"* {test.question}: not significant at {', '.join(rest)} "
+                     f"(Holm p > {ALPHA}; {test.test}{floor})")
+    return lines
+
+
+def write_report(settings: Settings, rows: list[dict], comparison: cka.CKARun,
+                 probes: probe.ProbeRun, out: Path, measure_results: dict) -> Path:
+    ref = Path(settings.files()[0]).stem
+    first = next(iter(comparison.maps.values()))
     sections = [
         "# Layer-wise comparison of the trained networks\n",
-        f"Dataset: {rows[0]['dataset']}. Reference model: `{rows[0]['file']}`. "
+        f"Dataset: {rows[0]['dataset']}. Reference model: "
+        f"{', '.join(f'`{Path(f).name}`' for f in settings.groups()[0].files)}. "
         f"Step memory is the peak of tensors held for backward plus parameters, gradients "
         f"and optimiser state in one training step (`training.memory`).\n",
         models_table(rows),
@@ -117,24 +188,50 @@ def write_report(settings: Settings, rows: list[dict], cka_results: dict,
         "Rows are the reference model's layers, columns the other model's; 1 means the two "
         "layers' representations agree up to rotation and isotropic scaling.\n",
     ]
-    for b in settings.ckpt[1:]:
-        sections.append(f"![{ref} vs {Path(b).stem}](cka/{ref}__vs__{Path(b).stem}.png)\n")
-    if cka.layer_matched(cka_results):
+    sections += [f"![{stem.replace('__vs__', ' vs ')}](cka/{stem}.png)\n"
+                 for stem in comparison.stems.values()]
+    if comparison.groups is not None:
+        sections += seed_group_section(comparison.groups)
+    elif cka.layer_matched(comparison.maps):
         sections += ["### Layer-matched CKA\n",
                      "CKA of each layer with the same layer of the reference. A second "
                      "seed of the reference method marks the ceiling: how similar two "
                      "networks trained the same way are.\n",
                      "![layer-matched CKA](cka/layer_matched.png)\n",
-                     _diagonal_table(cka_results)]
-    sections += [f"\n## Linear-probe separability ({next(iter(probes.values())).reduction})\n",
+                     _diagonal_table(comparison.maps)]
+    sections += measures_section(ref, measure_results)
+    table = next(iter(probes.tables.values()))
+    sections += [f"\n## Linear-probe separability ({table.reduction})\n",
                  "Test accuracy of a linear probe per layer (standardised on train, "
-                 "regularisation chosen by cross-validation on train).\n",
+                 "regularisation chosen by cross-validation on train), with its "
+                 f"{table.level:.0%} interval: over seeds (Student-t) for a method of several "
+                 "seeds, over test inputs (Wilson) for one network.\n",
                  "![probe accuracy](probe/probe.png)\n", probe_table(probes),
-                 f"\nChance: {next(iter(next(iter(probes.values())))).chance:.3f}. "
+                 f"\nChance: {table.rows[0].chance:.3f}. "
                  "All numbers: `cka/*.csv`, `cka/*.json`, `probe/probe.csv`.\n"]
     path = out / "report.md"
     path.write_text("\n".join(sections))
     return path
+
+
+def measures_section(ref: str, results: dict) -> list[str]:
+    """The layer-matched curves of several measures, one figure per model that is as deep as
+    the reference ``ref`` (``results``: {file stem: {measure: result}} of
+    :func:`similarity.run`)."""
+    same = similarity.layer_matched(results)
+    if not same:
+        return []
+    first = next(iter(next(iter(same.values())).values()))
+    lines = [f"\n### The same layers by other measures ({first.reduction}, n={first.n})\n",
+             "Each panel is one measure of each layer of the reference with the same layer of "
+             "the other model, on that measure's own scale: similarities are higher, distances "
+             "lower, for more alike layers (the axis says which); the dashed line is the value "
+             "of identical representations. Where the measures disagree, a conclusion rests on "
+             "the measure. Maps and numbers: `similarity/<measure>/`, "
+             "`similarity/layer_matched.csv`.\n"]
+    lines += [f"![{ref} vs {stem}, several measures](similarity/layer_matched__{stem}.png)\n"
+              for stem in same]
+    return lines
 
 
 def _diagonal_table(cka_results: dict) -> str:
@@ -144,25 +241,28 @@ def _diagonal_table(cka_results: dict) -> str:
 
 
 def run(settings: Settings) -> Path:
-    if len(settings.ckpt) < 2:
-        raise ValueError("--ckpt needs at least two checkpoints: a reference and one to "
-                         "compare with it")
+    files = settings.files()
     final = Path(settings.out)
     common = {"cache": settings.cache, "data_root": settings.data_root,
               "device": settings.device}
-    with run_folder(final, overwrite=settings.overwrite, sources={"--ckpt": settings.ckpt},
+    with run_folder(final, overwrite=settings.overwrite, sources={"--ckpt": files},
                     cache=settings.cache, data_root=settings.data_root) as out:
-        rows = model_rows(settings.ckpt)
-        cka_results = cka.run(cka.Settings(a=settings.ckpt[0], b=settings.ckpt[1:],
-                                           n=settings.n, batch_size=settings.batch_size,
-                                           out=str(final / "cka"), **common),
-                              into=out / "cka")
+        rows = model_rows(files)
+        comparison = cka.run(cka.Settings(a=settings.groups()[0].files, b=settings.ckpt[1:],
+                                          n=settings.n, batch_size=settings.batch_size,
+                                          out=str(final / "cka"), **common),
+                             into=out / "cka")
+        measure_results = similarity.run(
+            similarity.Settings(a=files[0], b=tuple(files[1:]), n=settings.n,
+                                measure=REPORT_MEASURES, out=str(final / "similarity"),
+                                **common),
+            into=out / "similarity")
         probes = probe.run(probe.Settings(ckpt=settings.ckpt, n_train=settings.n_train,
                                           n_test=settings.n_test, out=str(final / "probe"),
                                           **common),
                            into=out / "probe")
         write_settings(settings, out)
-        write_report(settings, rows, cka_results, probes, out)
+        write_report(settings, rows, comparison, probes, out, measure_results)
     path = final / "report.md"
     print(f"\nwrote {path}")
     return path

@@ -11,11 +11,13 @@ forward hooks on ``model.layer_names`` give 16 layers each (16×32×32 ×6, 32×
     the pairs. ckatorch's time per pair depends only on the two widths, so by default one pair
     per width combination (9) is timed and the 256-pair total extrapolated from them.
 (b) Minibatch CKA on --n-minibatch inputs in batches of --batch-size: forward passes streamed
-    into ``MinibatchCKA`` vs torch-cka's ``CKA.compare`` (forward passes included in both, as a
-    user runs them). torch-cka runs on the first --peer-batches batches and its total is
-    extrapolated per batch; values are compared on those batches.
+    into ``MinibatchCKA`` (once at each ``precision``: float64, and float32 Grams with float64
+    sums) vs torch-cka's ``CKA.compare`` (forward passes included in both, as a user runs
+    them). torch-cka runs on the first --peer-batches batches and its total is extrapolated
+    per batch; values are compared on those batches.
 (c) The machine's float64 and float32 GEMM rates, measured in the same run, and our CKA time as
-    a fraction of the float64 GEMM bound (the FLOPs our method needs / the GEMM rate).
+    a fraction of the GEMM bound (the FLOPs our method needs / the GEMM rate of the dtype its
+    Grams are formed in); for (b) also the seconds of the forward passes alone.
 """
 
 from __future__ import annotations
@@ -59,11 +61,14 @@ class Row:
 
 @dataclass(frozen=True)
 class Bound:
-    """Our CKA time against the float64 GEMM bound for the FLOPs the method needs."""
+    """Our CKA time against the GEMM bound for the FLOPs the method needs, at the GEMM rate of
+    ``dtype``; ``other_s``: the rest of our time (forward passes), None where there is none."""
 
     task: str
     gflop: float
     ours_cka_s: float
+    dtype: torch.dtype = torch.float64
+    other_s: float | None = None
 
 
 def models(seeds=(0, 1)) -> list[nn.Module]:
@@ -151,16 +156,18 @@ def bench_full(n: int, batch: int, peer_pairs: str, seed: int) -> tuple[Row, Bou
             Bound(f"(a) n={n}", flops / 1e9, ours_s))
 
 
-def bench_minibatch(n: int, batch: int, peer_batches: int, seed: int) -> tuple[Row, Bound]:
+def bench_minibatch(n: int, batch: int, peer_batches: int, seed: int,
+                    precisions: tuple[str, ...]) -> tuple[list[Row], list[Bound]]:
+    """One row and bound per precision of ours, against one run of torch-cka."""
     gen = torch.Generator().manual_seed(seed)
     inputs = torch.randn(n, 3, 32, 32, generator=gen)
     labels = torch.zeros(n, dtype=torch.long)
     model_a, model_b = models()
     names_a, names_b = model_a.layer_names, model_b.layer_names
 
-    def ours(stop: int) -> tuple[np.ndarray, float, float]:
+    def ours(stop: int, precision: str) -> tuple[np.ndarray, float, float]:
         """CKA over the first ``stop`` rows: matrix, total seconds, seconds inside update()."""
-        acc = MinibatchCKA(names_a, names_b)
+        acc = MinibatchCKA(names_a, names_b, precision=precision)
         update_s = 0.0
         start_all = time.perf_counter()
         with hooked(model_a) as sa, hooked(model_b) as sb, torch.inference_mode():
@@ -173,25 +180,29 @@ def bench_minibatch(n: int, batch: int, peer_batches: int, seed: int) -> tuple[R
         matrix, s = timed(acc.compute)
         return matrix, time.perf_counter() - start_all, update_s + s
 
-    _, ours_s, ours_cka_s = ours(n)
     sub = min(n, peer_batches * batch)
-    ours_sub, _, _ = ours(sub)
-
     peer = torch_cka.CKA(copy.deepcopy(model_a), copy.deepcopy(model_b), "resnet32-seed0",
                          "resnet32-seed1", model1_layers=names_a, model2_layers=names_b)
     loader = DataLoader(TensorDataset(inputs[:sub], labels[:sub]), batch_size=batch)
     _, peer_sub_s = timed(lambda: peer.compare(loader, loader))
+    peer_matrix = peer.export()["CKA"].detach().numpy()
     batches_total, batches_sub = -(-n // batch), -(-sub // batch)
     peer_s = peer_sub_s * batches_total / batches_sub
-    diff = float(np.abs(peer.export()["CKA"].detach().numpy() - ours_sub).max())
-    ref_diff = minibatch_reference_diff(model_a, model_b, inputs[:sub], batch, ours_sub)
     timing = ("measured" if batches_sub == batches_total
               else f"extrapolated from {batches_sub} of {batches_total} batches")
-    flops = -(-n // batch) * full_flops(widths(model_a, inputs) + widths(model_b, inputs), batch,
-                                        len(names_a) * len(names_b))
-    return (Row("(b) minibatch 16×16", f"n={n}, batch={batch}", ours_s, "torch-cka CKA.compare",
-                peer_s, timing, diff, ref_diff),
-            Bound(f"(b) n={n}, batch={batch}", flops / 1e9, ours_cka_s))
+    flops = batches_total * full_flops(widths(model_a, inputs) + widths(model_b, inputs), batch,
+                                       len(names_a) * len(names_b))
+    rows, bounds = [], []
+    for precision in precisions:
+        _, ours_s, ours_cka_s = ours(n, precision)
+        ours_sub, _, _ = ours(sub, precision)
+        ref_diff = minibatch_reference_diff(model_a, model_b, inputs[:sub], batch, ours_sub)
+        setting = f"n={n}, batch={batch}, {precision}"
+        rows.append(Row("(b) minibatch 16×16", setting, ours_s, "torch-cka CKA.compare", peer_s,
+                        timing, float(np.abs(peer_matrix - ours_sub).max()), ref_diff))
+        bounds.append(Bound(f"(b) {setting}", flops / 1e9, ours_cka_s, getattr(torch, precision),
+                            ours_s - ours_cka_s))
+    return rows, bounds
 
 
 def minibatch_reference_diff(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tensor,
@@ -227,13 +238,16 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def bound_table(bounds: list[Bound], rate64: float) -> str:
-    lines = ["| task | GFLOP needed | GEMM bound at f64 rate (s) | ours, CKA only (s) | "
-             "fraction of GEMM rate |", "|---|---:|---:|---:|---:|"]
+def bound_table(bounds: list[Bound], rates: dict[torch.dtype, float]) -> str:
+    lines = ["| task | GFLOP needed | GEMM rate | GEMM bound (s) | ours, CKA only (s) | "
+             "fraction of GEMM rate | ours, forward passes (s) |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     for b in bounds:
-        bound_s = b.gflop / rate64
-        lines.append(f"| {b.task} | {b.gflop:.0f} | {bound_s:.2f} | {b.ours_cka_s:.2f} | "
-                     f"{bound_s / b.ours_cka_s:.2f} |")
+        bound_s = b.gflop / rates[b.dtype]
+        other = "–" if b.other_s is None else f"{b.other_s:.2f}"
+        lines.append(f"| {b.task} | {b.gflop:.0f} | {str(b.dtype).removeprefix('torch.')} | "
+                     f"{bound_s:.2f} | {b.ours_cka_s:.2f} | {bound_s / b.ours_cka_s:.2f} | "
+                     f"{other} |")
     return "\n".join(lines)
 
 
@@ -254,16 +268,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)
 
-    rate64, rate32 = gemm_gflops(torch.float64), gemm_gflops(torch.float32)
+    dtypes = (torch.float64, torch.float32)
+    start = [gemm_gflops(dtype) for dtype in dtypes]
     row_a, bound_a = bench_full(args.n, args.batch_size, args.peer_pairs, args.seed)
-    row_b, bound_b = bench_minibatch(args.n_minibatch, args.batch_size, args.peer_batches,
-                                     args.seed)
+    rows_b, bounds_b = bench_minibatch(args.n_minibatch, args.batch_size, args.peer_batches,
+                                       args.seed, ("float64", "float32"))
+    # the better of the rates before and after: on a shared machine, the one least disturbed
+    rate64, rate32 = (max(before, gemm_gflops(dtype)) for before, dtype in zip(start, dtypes))
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average "
-          f"{os.getloadavg()[0]:.1f}; GEMM 2048³: float64 {rate64:.0f} GFLOP/s, "
-          f"float32 {rate32:.0f} GFLOP/s\n")
-    print(table([row_a, row_b]))
+          f"{os.getloadavg()[0]:.1f}; GEMM 2048³ (best of before and after): float64 "
+          f"{rate64:.0f} GFLOP/s, float32 {rate32:.0f} GFLOP/s\n")
+    print(table([row_a, *rows_b]))
     print()
-    print(bound_table([bound_a, bound_b], rate64))
+    print(bound_table([bound_a, *bounds_b], {torch.float64: rate64, torch.float32: rate32}))
     print("\nFLOPs: X·Xᵀ as SYRK (n²p per layer, what NumPy runs on CPU) plus the pair GEMM; "
           "(a) includes the float32→float64 conversion and centring, (b) the update() calls.\n"
           "torch-cka accumulates HSIC in float32 on uncentred activations; the last column checks "

@@ -158,7 +158,7 @@ def test_probe_cli_max_memory_streams_the_same_probe(tiny_checkpoints, tmp_path,
              "--reduction", "flatten", "--layers", "layers.s1b1", "layers.s3b1",
              "--out", str(tmp_path / name), "--cache", str(tmp_path / "cache"), *extra]))
         reads[name] = set(read_sizes)
-    whole, streamed = (next(iter(t.values())) for t in tables.values())
+    whole, streamed = (next(iter(t.tables.values())) for t in tables.values())
     assert [r.dim for r in streamed] == [256, 64]
     # s1b1's train split (300 × 256) streams in blocks that fit 2 MiB; the rest is read whole
     block = probe_block_rows(256, 300, 10, 2 * 2**20)
@@ -320,8 +320,9 @@ def test_args_json_keeps_the_option_names(tiny_checkpoints, tmp_path):
                   "--out", str(out), "--cache", str(tmp_path / "cache")])
     args = json.loads((out / "args.json").read_text())
     assert list(args) == ["a", "b", "out", "kernel", "threshold", "debiased", "batch_size",
-                          "max_memory", "n", "seed", "split", "reduction", "layers", "cache",
-                          "data_root", "device", "threads", "overwrite"]
+                          "max_memory", "level", "intervals", "n_perm", "calibrated",
+                          "grey_insignificant", "n", "seed", "split", "reduction", "layers",
+                          "cache", "data_root", "device", "threads", "overwrite"]
     assert args["b"] == [str(tiny_checkpoints["b"])] and args["layers"] == ["layers.s3b1"]
     assert (args["n"], args["reduction"], args["batch_size"]) == (100, "gap", None)
 

@@ -5,6 +5,7 @@ repsim's own output."""
 import itertools
 import json
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import ckatorch
 import numpy as np
@@ -308,7 +309,8 @@ def test_cka_matrix_on_dicts_equals_pairwise(kernel, debiased):
 def test_cka_matrix_computes_each_gram_once(monkeypatch):
     calls = []
     real = cka_module._gram
-    monkeypatch.setattr(cka_module, "_gram", lambda x: calls.append(x.shape) or real(x))
+    monkeypatch.setattr(cka_module, "_gram",
+                        lambda x, **out: calls.append(x.shape) or real(x, **out))
     rng = np.random.default_rng(0)
     a = {f"a{i}": rng.standard_normal((20, 30)) for i in range(3)}
     b = {f"b{i}": rng.standard_normal((20, 40)) for i in range(4)}
@@ -679,3 +681,155 @@ def test_rbf_cka_of_a_huge_threshold_is_linear_cka(debiased, oracle):
     for threshold in (1e6, 1e10, 1e100, 1e300):
         assert rbf_cka(x, y, threshold=threshold, debiased=debiased) == pytest.approx(
             oracle, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------
+# Minibatch CKA at float32 precision, and its worker threads
+# ---------------------------------------------------------------------------------------------
+
+
+def relu_layers(seed, n, widths, offset=0.0):
+    """ReLU-like float32 layers sharing a signal: nonnegative, correlated, with a mean."""
+    rng = np.random.default_rng(seed)
+    signal = rng.standard_normal((n, 8))
+    return {f"l{p}": (np.maximum(signal @ rng.standard_normal((8, p))
+                                 + rng.standard_normal((n, p)), 0) + offset).astype(np.float32)
+            for p in widths}
+
+
+def centred(x):
+    x = x.astype(np.float64)
+    return x - x.mean(0)
+
+
+def minibatch(a, b, batch, **options):
+    acc = MinibatchCKA(list(a), list(b), **options)
+    n = len(next(iter(a.values())))
+    for s in range(0, n, batch):
+        acc.update({k: v[s:s + batch] for k, v in a.items()},
+                   {k: torch.from_numpy(v[s:s + batch]) for k, v in b.items()})
+    return acc.compute()
+
+
+@pytest.mark.parametrize("widths, batch", [((30, 200, 700), 50),  # Gram form: some p ≥ b
+                                           ((5, 12, 30), 40)])  # feature form: every p < b
+@pytest.mark.parametrize("offset", [0.0, 1e3])
+def test_float32_minibatch_agrees_with_the_float64_reference(widths, batch, offset):
+    a = relu_layers(0, 200, widths, offset)
+    b = relu_layers(1, 200, widths[::-1])
+    # HSIC₁ ignores a shift of the features; the reference's uncentred Grams of the offset
+    # layers would lose digits to it, so it gets them centred (in float64, exactly)
+    expected = [[ref_minibatch_cka(centred(x), centred(y), batch) for y in b.values()]
+                for x in a.values()]
+    fast = minibatch(a, b, batch, precision="float32")
+    np.testing.assert_allclose(fast, expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(minibatch(a, b, batch), expected, atol=1e-10, rtol=0)
+
+
+def test_float32_minibatch_of_float64_input_centres_before_rounding():
+    """float64 activations with an offset float32 cannot hold (1e8 + N(0, 1)) are centred in
+    float64 first, so the float32 path still agrees with the float64 reference."""
+    a = {k: v.astype(np.float64) + 1e8 for k, v in relu_layers(2, 120, (20, 150)).items()}
+    b = {k: v.astype(np.float64) for k, v in relu_layers(3, 120, (90,)).items()}
+    expected = [[ref_minibatch_cka(centred(x), y, 30) for y in b.values()] for x in a.values()]
+    np.testing.assert_allclose(minibatch(a, b, 30, precision="float32"), expected, atol=1e-6,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("power", [-100, 60, 100])
+def test_float32_minibatch_is_exact_under_powers_of_two(power):
+    """Scaling a float32 layer by 2^k is exact, and so is the scaling the float32 path applies
+    before forming Grams: the result keeps its bits even where the Grams of the scaled layer
+    itself would overflow or underflow float32."""
+    a = relu_layers(4, 60, (10, 90))
+    b = relu_layers(5, 60, (70,))
+    base = minibatch(a, b, 20, precision="float32")
+    scaled = {k: v * np.float32(2.0**power) for k, v in a.items()}
+    assert all(np.isfinite(v).all() and (v != 0).any() for v in scaled.values())
+    np.testing.assert_array_equal(minibatch(scaled, b, 20, precision="float32"), base)
+
+
+def test_float32_minibatch_of_a_constant_layer_is_nan_and_named():
+    a = relu_layers(6, 40, (50,)) | {"dead": np.full((40, 60), 0.1, dtype=np.float32)}
+    b = relu_layers(7, 40, (30,))
+    with pytest.warns(ConstantRepresentationWarning, match="'dead' of a is constant within every"):
+        result = minibatch(a, b, 20, precision="float32")
+    assert np.isnan(result[1, 0]) and np.isfinite(result[0, 0])
+
+
+def test_a_layer_whose_first_rows_agree_is_not_constant():
+    x, y = random_xy(8, 30, 40, 6)
+    x[1] = x[0]
+    acc = MinibatchCKA(["x"], ["y"])
+    acc.update({"x": x}, {"y": y})
+    assert acc.compute()[0, 0] == pytest.approx(ref_minibatch_cka(x, y, 30), abs=1e-10)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_float32_minibatch_rejects_non_finite_entries_naming_them(bad):
+    x = relu_layers(9, 20, (30,))["l30"]
+    x[7, 3] = bad
+    acc = MinibatchCKA(["x"], ["y"], precision="float32")
+    with pytest.raises(ValueError, match=r"batch_a\['x'\] has 1 NaN or infinite entries "
+                                         r"\(first in row 7\)"):
+        acc.update({"x": x}, {"y": x[:, :5].copy()})
+    assert acc.n_batches_ == 0
+
+
+def test_precision_must_be_known():
+    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'float64'\].*"
+                                         r"got 'float16'"):
+        MinibatchCKA(["x"], ["y"], precision="float16")
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_minibatch_worker_threads_change_no_bit(precision):
+    """Each layer is kernelised whole by one worker, so the thread count cannot change the
+    result; the caller's thread setting is restored after each update."""
+    a = relu_layers(10, 80, (20, 100, 300))
+    b = relu_layers(11, 80, (60, 200))
+    before = torch.get_num_threads()
+    results = []
+    for threads in (1, 3):
+        torch.set_num_threads(threads)
+        try:
+            results.append(minibatch(a, b, 40, precision=precision))
+            assert torch.get_num_threads() == threads
+        finally:
+            torch.set_num_threads(before)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_memory_rule_counts_one_layer_per_worker_thread():
+    one, two = (minibatch_memory([10, 500], [300], 64, threads=t) for t in (1, 2))
+    assert two - one >= 8 * 64 * 500  # at least the second worker's float64 copy of p_max
+
+
+@pytest.mark.parametrize("dtype, scale", [(torch.float32, 1.0), (torch.float64, 1.0),
+                                          (torch.float64, 1e-300), (torch.float64, 1e300)])
+def test_constant_columns_centre_to_exactly_zero(dtype, scale):
+    """A mean of equal floats can be off by ulps; a constant column must still centre to 0
+    (other measures count its rank), in the scaled-subtraction and the extreme-scale branch."""
+    x = torch.randn(250, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x[:, 3], x[:, 7], x[:, 9] = 0.1, 1e3 / 3, -7.123456789
+    x = (x * scale).to(dtype)
+    xc, constant, _ = cka_module._centre(x)
+    assert not constant and xc.dtype == dtype
+    assert (xc[:, [3, 7, 9]] == 0).all()
+    assert float(xc.double().mean(0).abs().max()) < 1e-6 * float(xc.abs().max())
+
+
+def test_full_estimator_reads_at_most_one_layer_per_worker_ahead():
+    """Layers of an activation file are read as workers free up, not all at once."""
+    read = []
+
+    def layers():
+        for i in range(10):
+            read.append(i)
+            yield i
+
+    with ThreadPoolExecutor(3) as pool:
+        for taken, out in enumerate(cka_module._map_ahead(pool, lambda v: 2 * v, layers(),
+                                                          ahead=3)):
+            assert out == 2 * taken and len(read) <= taken + 3
+    assert len(read) == 10

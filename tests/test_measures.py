@@ -104,8 +104,9 @@ def test_a_distance_with_an_open_range_draws_from_zero_to_one_and_says_so():
 
 
 def test_registry_errors_name_the_problem():
-    with pytest.raises(ValueError, match=r"unknown measure 'pwcca'; registered measures: \["):
-        get_measure("pwcca")
+    with pytest.raises(ValueError,
+                       match=r"unknown measure 'no_such_measure'; registered measures: \["):
+        get_measure("no_such_measure")
     with pytest.raises(ValueError, match="does not take these parameters \\['kernel'\\]"):
         get_measure("linear_cka", kernel="rbf")
     with pytest.raises(ValueError, match="already registered"):

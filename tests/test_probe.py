@@ -229,8 +229,8 @@ def test_probe_layers_gives_one_documented_row_per_layer_in_order():
     assert table.rows[2].test_acc >= 0.95 and table.rows[0].test_acc < 0.6
     assert table.reduction == "gap"
     assert list(table.records()[0]) == ["layer", "depth", "rel_depth", "dim", "probe_dim", "C",
-                                        "train_acc", "test_acc", "chance", "n_train", "n_test",
-                                        "solver"]
+                                        "train_acc", "test_acc", "test_low", "test_high",
+                                        "chance", "n_train", "n_test", "solver"]
 
 
 def test_to_frame_has_one_row_per_layer_with_the_records_and_the_protocol():

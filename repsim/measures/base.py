@@ -18,13 +18,14 @@ Instances carry the measure's parameters (e.g. ``debiased``), checked in ``__ini
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-__all__ = ["MEASURES", "Comparison", "Measure", "PairwiseMeasure", "get_measure", "register"]
+__all__ = ["MEASURES", "Comparison", "Measure", "PairwiseMeasure", "distinct_rows", "get_measure",
+           "register"]
 
 Direction = Literal["similarity", "distance"]
 
@@ -73,6 +74,48 @@ class Measure:
         """(La, Lb) values of every pair from two prepared sides."""
         raise NotImplementedError
 
+    def resample(self, side: Any, rows: np.ndarray, comparison: Comparison) -> Any:
+        """One prepared side for the inputs ``rows`` ((m,) int indices into the n rows, repeats
+        allowed: a bootstrap draw, a permutation), as :meth:`prepare` would have made it from
+        those rows of each layer (within what was kept: a side reduced to a subspace stays in
+        it). The statistics (:mod:`repsim.stats`) draw intervals and permutation baselines
+        through it without reading a layer again."""
+        raise NotImplementedError(
+            f"measure {self.name!r} cannot resample inputs, so it has no bootstrap intervals or "
+            "permutation baselines; use a measure that can (e.g. 'linear_cka')")
+
+    def replicates(self, a: Any, b: Any, rows_a: np.ndarray | None, rows_b: np.ndarray,
+                   comparison: Comparison) -> np.ndarray:
+        """(R, La, Lb) values of R resampled comparisons: replicate r pairs rows ``rows_a[r]``
+        of a (None: a's rows as they are) with rows ``rows_b[r]`` of b, each (R, m) indices
+        into the n rows of ``comparison``.
+
+        The default resamples both prepared sides and compares them; measures override it
+        when a whole batch of replicates has a faster form (e.g. CKA's GEMMs)."""
+        values = []
+        resampled = replace(comparison, n=np.shape(rows_b)[1])
+        for r, rows in enumerate(rows_b):
+            side_a = a if rows_a is None else self.resample(a, rows_a[r], comparison)
+            pair = self.compare(side_a, self.resample(b, rows, comparison), resampled)
+            values.append(pair.cpu().numpy() if isinstance(pair, torch.Tensor) else pair)
+        return np.asarray(values, dtype=np.float64).reshape(len(rows_b), *np.shape(values[0]))
+
+    def jackknife(self, a: Any, b: Any, comparison: Comparison) -> np.ndarray:
+        """(G, La, Lb) values with group g of the inputs left out, for the jackknife.
+
+        The default is the grouped (delete-h) jackknife: the n inputs are dealt into
+        G = min(n, :data:`JACKKNIFE_GROUPS`) groups (input i to group i mod G), and each
+        replicate compares resampled sides without one group, so its cost is G maps whatever
+        n is. Measures with a closed form override it with the delete-one jackknife (G = n;
+        CKA's costs about one GEMM)."""
+        n = comparison.n
+        groups = np.arange(n) % min(n, JACKKNIFE_GROUPS)
+        rows = [np.flatnonzero(groups != g) for g in range(groups.max() + 1)]
+        if len({len(r) for r in rows}) == 1:
+            return self.replicates(a, b, np.array(rows), np.array(rows), comparison)
+        return np.concatenate([self.replicates(a, b, r[None], r[None], comparison)
+                               for r in rows])
+
 
 class PairwiseMeasure(Measure):
     """A measure given by a per-layer step :meth:`layer` and a per-pair value :meth:`pair`."""
@@ -92,6 +135,7 @@ class PairwiseMeasure(Measure):
 
 
 MEASURES: dict[str, type[Measure]] = {}
+JACKKNIFE_GROUPS = 100  # replicates of the default (grouped) jackknife
 
 
 def register(cls: type[Measure]) -> type[Measure]:
@@ -125,3 +169,20 @@ def get_measure(measure: str | Measure, **params: Any) -> Measure:
     except TypeError as err:
         raise ValueError(f"measure {measure!r} does not take these parameters "
                          f"{sorted(params)} ({err})") from None
+
+
+def distinct_rows(rows: np.ndarray, n: int, measure: str) -> np.ndarray:
+    """``rows`` as (m,) int indices into n rows, checked to be distinct (a permutation or a
+    subset), for measures whose :meth:`Measure.resample` cannot take repeated inputs."""
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows must be a 1-d array of integer indices, got shape {rows.shape} "
+                         f"of {rows.dtype}")
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise ValueError(f"rows must index the {n} inputs (0 to {n - 1}), got values from "
+                         f"{rows.min()} to {rows.max()}")
+    if len(np.unique(rows)) != len(rows):
+        raise ValueError(f"measure {measure!r} resamples distinct inputs only (a permutation or "
+                         "a subset), got repeated rows (a bootstrap draw); its intervals come "
+                         "from the delete-one jackknife (repsim.stats)")
+    return rows

@@ -13,7 +13,11 @@ Estimators (``X`` is (n, p₁), ``Y`` is (n, p₂), rows are the same n inputs i
   full debiased linear CKA. Memory is bounded by the batch, not by n.
 
 All arithmetic is float64 (inputs are converted up front) and features are centred before any
-Gram matrix is formed, so float32 activations with a large common offset lose no digits. Each
+Gram matrix is formed, so float32 activations with a large common offset lose no digits. The
+one exception is opt-in: ``MinibatchCKA(precision="float32")`` centres float32 activations in
+float32 (each centred value rounded once; the rounding of the column mean only shifts a column,
+which HSIC₁ does not see, so an offset still costs no digits) and forms their Grams in float32,
+summing the HSIC terms in float64: CKA within about 1e-6 of the float64 path. Each
 layer is scaled by a power of two that brings its largest magnitude into [½, 1) before its Gram
 is formed: CKA is invariant to isotropic scaling and a power of two scales exactly, so normal
 inputs give the same bits as unscaled ones, while layers of magnitude 1e±300 neither overflow
@@ -25,7 +29,10 @@ limit, linear CKA, rather than 0/0. Nothing is clamped and no ε is added: a con
 NaN and a :class:`ConstantRepresentationWarning` naming it; debiased estimates can be negative.
 
 Pairwise terms for all layer pairs come from one GEMM: over the flattened n×n Grams when some
-layer has p ≥ n, otherwise over the centred features side by side.
+layer has p ≥ n, otherwise over the centred features side by side. On CPU the layers are
+centred and their Grams formed ``torch.get_num_threads()`` at a time, each on one thread
+(so as many layers are held at once), which keeps both cores busy where many small
+multi-threaded kernels kept them waiting.
 
 The full estimators are the registered measures ``"linear_cka"`` (:class:`LinearCKA`) and
 ``"rbf_cka"`` (:class:`RBFCKA`) of :func:`repsim.similarity_matrix`; :func:`cka_matrix` is the
@@ -34,18 +41,25 @@ CKA entry point that also offers the minibatch estimator.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 from tqdm.auto import tqdm
 
 from repsim.budget import check_budget, format_bytes, largest_fitting
-from repsim.measures.base import Comparison, Measure, register
+from repsim.measures.base import Comparison, Measure, distinct_rows, register
+from repsim.measures.cka_jackknife import leave_one_out_cka
 from repsim.measures.matrix import compute, result_of
 from repsim.measures.pairing import as_float64, check_layer_list, pair_sources
 from repsim.measures.result import SimilarityResult
@@ -70,6 +84,8 @@ ArrayLike = Any  # numpy.ndarray | torch.Tensor of shape (n, p)
 # below every float64's frexp exponent (-1073): the scale of an all-zero layer, and of a
 # minibatch layer before its first batch
 MIN_EXPONENT = -1100
+# MinibatchCKA's precisions: the dtype its Gram matrices are formed in
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
 class ConstantRepresentationWarning(RuntimeWarning):
@@ -153,6 +169,15 @@ class MinibatchCKA:
     ΣHSIC₁(K, L) / √(ΣHSIC₁(K, K) · ΣHSIC₁(L, L)). The value depends on how rows are split
     into batches: seed the input order and record the batch size.
 
+    ``precision="float64"`` (the default) converts each layer to float64 before anything else,
+    as the rest of this module does. ``precision="float32"`` centres and scales each layer in
+    its own dtype (float32 activations are not converted; float64 ones are centred in float64
+    first), rounds the centred layer to float32 and forms its Gram matrix (or, in feature form,
+    the cross products) in float32; every HSIC term is then summed in float64. float32 GEMMs
+    run at about twice the float64 rate; CKA stays within about 1e-6 of the float64 path
+    (tested). On CPU an update kernelises ``torch.get_num_threads()`` layers at a time, one
+    per thread.
+
     Fitted attributes: ``hsic_ab_`` (La, Lb), ``hsic_aa_`` (La,), ``hsic_bb_`` (Lb,) sums of
     the layers scaled by 2^−``exponent_a_`` (La,) and 2^−``exponent_b_`` (Lb,), which keep them
     finite at any magnitude of the activations (the unscaled ΣHSIC₁(K, L) is
@@ -161,10 +186,12 @@ class MinibatchCKA:
     """
 
     def __init__(self, layers_a: Sequence[str], layers_b: Sequence[str], *,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu",
+                 precision: Literal["float64", "float32"] = "float64"):
         self.layers_a = check_layer_list(layers_a, "layers_a")
         self.layers_b = check_layer_list(layers_b, "layers_b")
         self.device = torch.device(device)
+        self.precision = _check_precision(precision)
         zeros = dict(dtype=torch.float64, device=self.device)
         self.hsic_ab_ = torch.zeros(len(self.layers_a), len(self.layers_b), **zeros)
         self.hsic_aa_ = torch.zeros(len(self.layers_a), **zeros)
@@ -179,8 +206,18 @@ class MinibatchCKA:
         b = _check_batches(batch_a, self.layers_a, batch_b, self.layers_b)
         feature_form = _prefer_features([_width(batch_a[m]) for m in self.layers_a] +
                                         [_width(batch_b[m]) for m in self.layers_b], b)
-        side_a = self._kernelise(batch_a, self.layers_a, "a", feature_form)
-        side_b = self._kernelise(batch_b, self.layers_b, "b", feature_form)
+
+        def kernelise(layer: tuple[str, ArrayLike], gram: torch.Tensor | None,
+                      scratch: _Scratch) -> _LayerTerms:
+            return _minibatch_layer(*layer, gram, scratch, device=self.device,
+                                    precision=PRECISIONS[self.precision])
+
+        side_a, side_b = (
+            _kernelise_with(kernelise, [(f"batch_{side}[{m!r}]", batch[m]) for m in names],
+                            len(names), b, feature_form=feature_form, device=self.device,
+                            lazy=False)
+            for side, batch, names in (("a", batch_a, self.layers_a),
+                                       ("b", batch_b, self.layers_b)))
         ab, aa, bb = _hsic_terms(side_a, side_b, b, debiased=True)
         # the sums and this batch's terms, each at the larger of the two scales of every layer
         new_a = torch.maximum(self.exponent_a_, side_a.exponents)
@@ -194,13 +231,6 @@ class MinibatchCKA:
         self.exponent_a_, self.exponent_b_ = new_a, new_b
         self.n_seen_ += b
         self.n_batches_ += 1
-
-    def _kernelise(self, batch: Mapping[str, ArrayLike], layers: tuple[str, ...], side: str,
-                   feature_form: bool) -> _Kernelised:
-        xs = (as_float64(batch[m], f"batch_{side}[{m!r}]", self.device) for m in layers)
-        return _kernelise(xs, len(layers), len(batch[layers[0]]), kernel="linear",
-                          threshold=None, debiased=True, feature_form=feature_form,
-                          device=self.device)
 
     def compute(self) -> np.ndarray:
         """(La, Lb) float64 minibatch CKA; rows follow ``layers_a``, columns ``layers_b``."""
@@ -279,6 +309,31 @@ class _CKA(Measure):
     def compare(self, a: _Kernelised, b: _Kernelised, comparison: Comparison) -> torch.Tensor:
         return _ratio(*_hsic_terms(a, b, comparison.n, debiased=self.debiased))
 
+    def resample(self, side: _Kernelised, rows: np.ndarray, comparison: Comparison
+                 ) -> _Kernelised:
+        """The side for distinct ``rows`` (a permutation or a subset), from its Grams or
+        features without reading a layer. Repeated rows are refused: a bootstrap draw would
+        make the debiased estimator count an input's pairing with itself."""
+        rows = torch.as_tensor(distinct_rows(rows, comparison.n, self.name),
+                               device=side.diag.device)
+        if len(rows) == comparison.n:  # a permutation: centred stays centred, sums permute
+            return replace(side, diag=side.diag[:, rows], rowsum=side.rowsum[:, rows],
+                           **({"features": side.features[rows]} if side.grams is None else
+                              {"grams": _submatrices(side.grams, rows)}))
+        if side.grams is None:
+            return _feature_side(side.features[rows], side.widths, side.degenerate,
+                                 side.exponents)
+        grams = _submatrices(side.grams, rows)
+        if not self.debiased:
+            grams = _centre_gram(grams)
+        return _Kernelised(grams=grams, features=None, widths=side.widths,
+                           diag=grams.diagonal(dim1=1, dim2=2).clone(), rowsum=grams.sum(2),
+                           self_inner=grams.square().sum((1, 2)), degenerate=side.degenerate,
+                           exponents=side.exponents)
+
+    def jackknife(self, a: _Kernelised, b: _Kernelised, comparison: Comparison) -> np.ndarray:
+        return leave_one_out_cka(a, b, comparison.n, debiased=self.debiased).cpu().numpy()
+
 
 @register
 class LinearCKA(_CKA):
@@ -320,6 +375,9 @@ def cka_matrix(
     device: str | torch.device = "cpu",
     progress: bool = False,
     max_memory: int | None = None,
+    level: float | None = None,
+    n_perm: int = 0,
+    seed: int = 0,
 ) -> CKAResult:
     """CKA between every layer of a and every layer of b.
 
@@ -338,7 +396,17 @@ def cka_matrix(
     ``batch_size``): the minibatch estimator with the largest B whose working memory
     :func:`minibatch_memory` fits in it (the result records B).
     ``progress=True`` shows a tqdm bar over layers (full) or batches (minibatch).
+
+    Uncertainty (full estimator; see :func:`repsim.similarity_matrix` and
+    :mod:`repsim.stats`): ``level`` adds jackknife interval bounds ``low``/``high`` beside
+    ``matrix`` (with ``debiased=True`` they cover population CKA, shown by simulation),
+    ``n_perm`` the baseline of b's inputs shuffled, with permutation p-values.
     """
+    if batch_size is not None or max_memory is not None:
+        if level is not None or n_perm:
+            raise ValueError("intervals (level=) and permutation baselines (n_perm=) need the "
+                             "full estimator's Gram matrices; omit batch_size/max_memory, or "
+                             "reduce the layers (e.g. reduction='gap') so they fit")
     pairing = pair_sources(a, b, reduction=reduction, layers_a=layers_a, layers_b=layers_b)
     n = pairing.n
     if max_memory is not None:
@@ -356,7 +424,8 @@ def cka_matrix(
     if not minibatch:
         measure = (LinearCKA(debiased=debiased) if kernel == "linear"
                    else RBFCKA(threshold=threshold, debiased=debiased))
-        return CKAResult.of(compute(measure, pairing, device=device, progress=progress))
+        return CKAResult.of(compute(measure, pairing, device=device, progress=progress,
+                                    level=level, n_perm=n_perm, seed=seed))
     acc = MinibatchCKA(pairing.layers_a, pairing.layers_b, device=device)
     for start in tqdm(range(0, n, batch_size), desc="CKA batches", disable=not progress):
         rows = slice(start, min(start + batch_size, n))
@@ -367,25 +436,29 @@ def cka_matrix(
     return CKAResult.of(result_of(LinearCKA(debiased=True), pairing, acc.compute(), settings))
 
 
-def minibatch_memory(widths_a: Sequence[int], widths_b: Sequence[int], batch_size: int) -> int:
+def minibatch_memory(widths_a: Sequence[int], widths_b: Sequence[int], batch_size: int, *,
+                     threads: int | None = None) -> int:
     """Bytes the minibatch estimator holds at once with batch size B (a generous estimate).
 
     widths_a, widths_b: the feature count p of each layer of a and of b (Pa, Pb their sums,
-    La, Lb their counts, p_max the widest). One update holds the B rows of every layer of
-    both sides as read (float32, 4·B·(Pa + Pb)), one layer at a time converted to float64 and
-    centred (17·B·p_max), and the kernelised sides: in Gram form (some p ≥ B) the (B, B)
-    float64 Grams of every layer plus one being formed, 8·B²·(La + Lb + 1); in feature form
-    (every p < B) the centred features, 16·B·(Pa + Pb), and their (Pa, Pb) cross product
-    squared, 16·Pa·Pb. Not counted: the interpreter and libraries, and HDF5's chunk cache
-    (up to 1 MiB per dataset being read).
+    La, Lb their counts, p_max the widest); threads: T, the worker threads of
+    :meth:`MinibatchCKA.update` (default ``torch.get_num_threads()``, what it uses on CPU).
+    One update holds the B rows of every layer of both sides as read (float32,
+    4·B·(Pa + Pb)), one layer per worker converted to float64 and centred (17·B·p_max·T), and
+    the kernelised sides: in Gram form (some p ≥ B) the (B, B) float64 Grams of every layer
+    plus one being formed per worker, 8·B²·(La + Lb + T); in feature form (every p < B) the
+    centred features, 16·B·(Pa + Pb), and their (Pa, Pb) cross product squared, 16·Pa·Pb.
+    Not counted: the interpreter and libraries, and HDF5's chunk cache (up to 1 MiB per
+    dataset being read).
     """
     pa, pb = sum(widths_a), sum(widths_b)
     p_max = max([*widths_a, *widths_b])
     b = int(batch_size)
-    read = 4 * b * (pa + pb) + 17 * b * p_max
+    workers = torch.get_num_threads() if threads is None else threads
+    read = 4 * b * (pa + pb) + 17 * b * p_max * workers
     if _prefer_features([*widths_a, *widths_b], b):
         return read + 16 * b * (pa + pb) + 16 * pa * pb
-    return read + 8 * b * b * (len(widths_a) + len(widths_b) + 1)
+    return read + 8 * b * b * (len(widths_a) + len(widths_b) + workers)
 
 
 def minibatch_batch_size(widths_a: Sequence[int], widths_b: Sequence[int], n: int,
@@ -449,56 +522,224 @@ class _Kernelised:
     exponents: torch.Tensor
 
 
+def _submatrices(grams: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(L, n, n) → (L, m, m): each Gram's rows and columns ``rows`` (m,), in one gather over
+    the flattened matrices (NumPy's take on the CPU: several times torch's indexing there)."""
+    n = grams.shape[1]
+    flat = (rows[:, None] * n + rows[None, :]).flatten()
+    if grams.device.type == "cpu":
+        taken = np.take(grams.flatten(1).numpy(), flat.numpy(), axis=1)
+        return torch.from_numpy(taken).view(len(grams), len(rows), len(rows))
+    return grams.flatten(1).index_select(1, flat).view(len(grams), len(rows), len(rows))
+
+
+def _feature_side(features: torch.Tensor, widths: tuple[int, ...], degenerate: torch.Tensor,
+                  exponents: torch.Tensor) -> _Kernelised:
+    """A feature-form side of (m, Σ p_l) features, re-centred, with its sums recomputed."""
+    xs = [x - x.mean(0) for x in torch.split(features, list(widths), dim=1)]
+    return _Kernelised(
+        grams=None, features=torch.cat(xs, 1), widths=widths,
+        diag=torch.stack([x.square().sum(1) for x in xs]),
+        rowsum=torch.stack([x @ x.sum(0) for x in xs]),
+        self_inner=torch.stack([_gram(x.T if x.shape[1] <= len(x) else x).square().sum()
+                                for x in xs]),
+        degenerate=degenerate, exponents=exponents)
+
+
 def _single_pair(x, y, *, kernel, threshold, debiased, form, device) -> float:
+    measure = (LinearCKA(debiased=debiased, form=form) if kernel == "linear"
+               else RBFCKA(threshold=threshold, debiased=debiased))
+    a, b, comparison = prepared_pair(measure, x, y, device)
+    return float(measure.compare(a, b, comparison)[0, 0])
+
+
+def prepared_pair(measure: _CKA, x: ArrayLike, y: ArrayLike, device: str | torch.device
+                  ) -> tuple[_Kernelised, _Kernelised, Comparison]:
+    """The two prepared one-layer sides of x (n, p₁) and y (n, p₂), and their comparison."""
     device = torch.device(device)
     xt = as_float64(x, "x", device)
     yt = as_float64(y, "y", device)
-    n = _check_pair(xt, yt)
-    measure = (LinearCKA(debiased=debiased, form=form) if kernel == "linear"
-               else RBFCKA(threshold=threshold, debiased=debiased))
-    comparison = Comparison(n=n, widths_a=(xt.shape[1],), widths_b=(yt.shape[1],),
-                            labels=None, device=device)
+    comparison = Comparison(n=_check_pair(xt, yt), widths_a=(xt.shape[1],),
+                            widths_b=(yt.shape[1],), labels=None, device=device)
     measure.check(comparison)
-    sides = [measure.prepare(iter([t]), [name], comparison) for t, name in ((xt, "x"), (yt, "y"))]
-    return float(measure.compare(*sides, comparison)[0, 0])
+    a, b = (measure.prepare(iter([t]), [name], comparison) for t, name in ((xt, "x"), (yt, "y")))
+    return a, b, comparison
 
 
 def _kernelise(xs: Iterable[torch.Tensor], count: int, n: int, *, kernel: Kernel,
                threshold: float | None, debiased: bool, feature_form: bool,
                device: torch.device) -> _Kernelised:
-    """Centre each (n, p) float64 layer of ``xs`` and keep its Gram (or features) and sums."""
+    """Centre each (n, p) float64 layer of ``xs`` and keep its Gram (or features) and sums;
+    on CPU ``torch.get_num_threads()`` layers at a time, read as workers free up."""
+    def kernelise(x: torch.Tensor, gram: torch.Tensor | None, scratch: _Scratch) -> _LayerTerms:
+        return _layer_terms(x, gram, scratch, kernel=kernel, threshold=threshold,
+                            debiased=debiased)
+
+    return _kernelise_with(kernelise, xs, count, n, feature_form=feature_form, device=device,
+                           lazy=True)
+
+
+def _kernelise_with(kernelise: Callable, xs: Iterable, count: int, n: int, *,
+                    feature_form: bool, device: torch.device, lazy: bool) -> _Kernelised:
+    """The :class:`_Kernelised` side of the ``count`` layers ``xs``.
+
+    ``kernelise(x, gram, scratch)`` → :class:`_LayerTerms` of one layer, with its Gram
+    formed in ``gram``, its slot (n, n) in the side's Gram stack (None in feature form), and
+    ``scratch`` a per-thread buffer for whatever is needed only until then. Run by
+    :func:`_layer_workers` (``lazy`` as there); each layer is released once kernelised.
+    """
     f64 = dict(dtype=torch.float64, device=device)
     grams = None if feature_form else torch.empty(count, n, n, **f64)
-    blocks, widths = [], []
     diag = torch.empty(count, n, **f64)
     rowsum = torch.empty(count, n, **f64)
     self_inner = torch.empty(count, **f64)
     degenerate = torch.empty(count, dtype=torch.bool, device=device)
     exponents = torch.empty(count, **f64)
-    for i, x in enumerate(xs):
-        xc, degenerate[i], exponents[i] = _centre(x)
-        del x  # hold one copy of the layer, not two, while the next one is read
-        if feature_form:
-            blocks.append(xc)
-            widths.append(xc.shape[1])
-            diag[i] = xc.square().sum(1)
-            rowsum[i] = xc @ xc.sum(0)
-            # ‖XᵀX‖_F = ‖XXᵀ‖_F: use the smaller of the two Grams
-            self_inner[i] = _gram(xc.T if xc.shape[1] <= n else xc).square().sum()
-            continue
-        k = _gram(xc)
-        del xc
-        if kernel == "rbf":
-            k, degenerate[i] = _rbf(k, threshold, debiased)
-        # HSIC₁ centres implicitly and needs a zero diagonal; the biased estimator needs H K H
-        k = k.fill_diagonal_(0) if debiased else _centre_gram(k)
-        grams[i] = k
-        diag[i] = k.diagonal()
-        rowsum[i] = k.sum(1)
-        self_inner[i] = torch.dot(k.flatten(), k.flatten())
+    scratch = _Scratch(device)
+
+    def one(item: tuple[int, Any]) -> torch.Tensor | None:
+        i, x = item
+        terms = kernelise(x, None if grams is None else grams[i], scratch)
+        diag[i], rowsum[i], self_inner[i] = terms.diag, terms.rowsum, terms.self_inner
+        degenerate[i], exponents[i] = terms.degenerate, terms.exponent
+        return terms.features
+
+    with _layer_workers(device, lazy=lazy) as map_layers:
+        blocks = list(map_layers(one, enumerate(xs)))
     return _Kernelised(grams=grams, features=torch.cat(blocks, 1) if feature_form else None,
-                       widths=tuple(widths), diag=diag, rowsum=rowsum, self_inner=self_inner,
-                       degenerate=degenerate, exponents=exponents)
+                       widths=tuple(x.shape[1] for x in blocks) if feature_form else (),
+                       diag=diag, rowsum=rowsum, self_inner=self_inner, degenerate=degenerate,
+                       exponents=exponents)
+
+
+class _LayerTerms(NamedTuple):
+    """One layer's part of a :class:`_Kernelised` side: ``features`` its (n, p) centred
+    features in feature form (else None: its Gram is in its slot); the others as there."""
+
+    features: torch.Tensor | None
+    diag: torch.Tensor
+    rowsum: torch.Tensor
+    self_inner: torch.Tensor
+    degenerate: bool
+    exponent: int
+
+
+def _layer_terms(x: torch.Tensor, gram: torch.Tensor | None, scratch: _Scratch, *,
+                 kernel: Kernel, threshold: float | None, debiased: bool,
+                 precision: torch.dtype = torch.float64) -> _LayerTerms:
+    """Centre one (n, p) layer and form its Gram K in ``gram`` (n, n) float64, or keep its
+    features when ``gram`` is None; and its sums.
+
+    The centred layer is rounded to ``precision`` and every product of it (the Gram, XᵀX) is
+    formed in that dtype; the sums over those products are float64.
+    """
+    if gram is None:
+        xc, degenerate, exponent = _centre(x)
+        xc = xc.to(precision)
+        x64 = xc.double()
+        # ‖XᵀX‖_F = ‖XXᵀ‖_F: use the smaller of the two Grams
+        small = _gram(xc.T if xc.shape[1] <= len(xc) else xc).double()
+        return _LayerTerms(xc, x64.square().sum(1), x64 @ x64.sum(0), small.square().sum(),
+                           degenerate, exponent)
+    xc, degenerate, exponent = _centre(x, out=scratch.take(x.shape, x.dtype))
+    del x  # hold one copy of the layer, not two
+    if precision == torch.float64:
+        _gram(xc, out=gram)
+    else:
+        gram.copy_(_gram(xc.to(precision)))
+    del xc
+    if kernel == "rbf":
+        k, degenerate = _rbf(gram, threshold, debiased)
+        gram.copy_(k)
+    # HSIC₁ centres implicitly and needs a zero diagonal; the biased estimator needs H K H
+    k = gram.fill_diagonal_(0) if debiased else _centre_symmetric_(gram)
+    return _LayerTerms(None, k.diagonal(), k.sum(1), torch.dot(k.flatten(), k.flatten()),
+                       degenerate, exponent)
+
+
+class _Scratch(threading.local):
+    """A buffer per thread, reused for every centred layer needed only until its Gram is
+    formed: a fresh array of hundreds of MB costs more in page faults (the OS zeroes each
+    page) than centring it does."""
+
+    def __init__(self, device: torch.device):
+        self.buffer = torch.empty(0, device=device)
+
+    def take(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        numel = math.prod(shape)
+        if self.buffer.dtype != dtype or self.buffer.numel() < numel:
+            self.buffer = torch.empty(numel, dtype=dtype, device=self.buffer.device)
+        return self.buffer[:numel].view(shape)
+
+
+def _minibatch_layer(what: str, x: ArrayLike, gram: torch.Tensor | None, scratch: _Scratch, *,
+                     device: torch.device, precision: torch.dtype) -> _LayerTerms:
+    """One layer of a minibatch, (b, p) as given, kernelised for debiased linear CKA.
+
+    At float32 precision a float32 x is used as it is; everything else goes through
+    :func:`as_float64`, which checks it (2-D, real, finite) and converts it.
+    """
+    kernelise = dict(kernel="linear", threshold=None, debiased=True, precision=precision)
+    if precision == torch.float32 and _is_float32_matrix(x):
+        terms = _layer_terms(torch.as_tensor(x).detach().to(device), gram, scratch, **kernelise)
+        if math.isfinite(terms.self_inner):
+            return terms
+        # x holds NaN or inf (scaled, nothing finite overflows): as_float64 reports where
+    return _layer_terms(as_float64(x, what, device), gram, scratch, **kernelise)
+
+
+@contextmanager
+def _layer_workers(device: torch.device, *, lazy: bool) -> Iterator[Callable]:
+    """A ``map`` over layers, in order, for kernelising them.
+
+    On CPU: ``torch.get_num_threads()`` = T worker threads, each kernelising whole layers with
+    torch and BLAS single-threaded inside (restored on exit). ``lazy``: the layers are read
+    as workers free up, at most T at once (each may be a large array read from a file); else
+    all are handed out at once, so no worker waits for another's longer layer. Spreading
+    every small per-layer kernel over all cores instead made two threads slower than one:
+    each kernel waits for its slowest thread, which a busy core deschedules, and NumPy's BLAS
+    threads spin (for up to ~0.1 s) beside torch's OpenMP threads after every Gram. On other
+    devices: the builtin ``map``.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu":
+        yield map
+        return
+    torch.set_num_threads(1)
+    try:
+        with _blas_threads().limit(limits=1, user_api="blas"):
+            if threads == 1:
+                yield map
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    yield (functools.partial(_map_ahead, pool, ahead=threads) if lazy
+                           else pool.map)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _map_ahead(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, *, ahead: int
+               ) -> Iterator:
+    """``pool.map(fn, items)`` that holds at most ``ahead`` items at once (``pool.map`` reads
+    them all first)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) == ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+@functools.cache
+def _blas_threads() -> ThreadpoolController:
+    """The BLAS libraries loaded (NumPy's), found once: looking them up takes milliseconds."""
+    return ThreadpoolController()
+
+
+def _is_float32_matrix(x: ArrayLike) -> bool:
+    return (isinstance(x, torch.Tensor) and x.dtype == torch.float32
+            or isinstance(x, np.ndarray) and x.dtype == np.float32) and x.ndim == 2
 
 
 def _hsic_terms(a: _Kernelised, b: _Kernelised, n: int, *, debiased: bool
@@ -526,8 +767,9 @@ def _cross_inner(a: _Kernelised, b: _Kernelised) -> torch.Tensor:
     """(La, Lb) ⟨K_a, L_b⟩_F for all pairs in one GEMM."""
     if a.grams is not None:
         return a.grams.flatten(1) @ b.grams.flatten(1).T
-    # ⟨XXᵀ, YYᵀ⟩ = ‖YᵀX‖²_F: square the (Σpa, Σpb) product, then sum its (pa, pb) blocks
-    sq = (a.features.T @ b.features).square()
+    # ⟨XXᵀ, YYᵀ⟩ = ‖YᵀX‖²_F: square the (Σpa, Σpb) product (formed in the features' dtype),
+    # then sum its (pa, pb) blocks in float64
+    sq = (a.features.T @ b.features).double().square()
     per_row = torch.zeros(len(a.widths), sq.shape[1], dtype=sq.dtype, device=sq.device)
     per_row.index_add_(0, _segment_ids(a.widths, sq.device), sq)
     out = torch.zeros(len(a.widths), len(b.widths), dtype=sq.dtype, device=sq.device)
@@ -551,20 +793,50 @@ def _ratio(num: torch.Tensor, den_a: torch.Tensor, den_b: torch.Tensor) -> torch
     return num / torch.sqrt(den_a[:, None] * den_b[None, :])
 
 
-def _centre(x: torch.Tensor) -> tuple[torch.Tensor, bool, int]:
-    """(n, p) → (n, p) x·2^−e with zero column means, whether every column is constant, and e.
+def _centre(x: torch.Tensor, *, out: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, bool, int]:
+    """(n, p) → (n, p) x·2^−e with zero column means (in x's dtype, written to ``out`` if
+    given), whether x is constant (all its rows equal), and e.
 
     e is :func:`_exponent` of x: the scaled x has its largest magnitude in [½, 1), so neither
     its column sums nor the Gram matrices formed from it overflow or underflow, and scaling by
-    a power of two is exact. x itself is left as it is (it may be the caller's array).
+    a power of two is exact. x itself is left as it is (it may be the caller's array). Three
+    passes over x: its extremes, its column means, and the scaled difference.
     """
-    constant = (x == x[:1]).all(0, keepdim=True)
     e = _exponent(x)
+    if _is_constant(x):
+        # exactly 0, so that a constant layer gives 0/0 = NaN rather than noise
+        return (torch.zeros_like(x) if out is None else out.zero_()), True, e
+    if abs(e) <= math.frexp(torch.finfo(x.dtype).max)[1] // 2:
+        # x's column sums cannot overflow and 2^−e is a normal float of x's dtype: scale inside
+        # the subtraction (s·x and s·mean are exact, so it rounds as s·(x − mean) does)
+        scale = 2.0**-e
+        return torch.add(_column_means(x).mul_(-scale), x, alpha=scale, out=out), False, e
     scaled = _ldexp(x, -e)
-    # the mean of equal floats can be off by an ulp; a constant column must centre to exactly 0
-    # so that a constant layer gives 0/0 = NaN rather than noise
-    mean = torch.where(constant, scaled[:1], scaled.mean(0, keepdim=True))
-    return scaled.sub_(mean), bool(constant.all()), e
+    return torch.sub(scaled, _column_means(scaled), out=scaled if out is None else out), False, e
+
+
+def _is_constant(x: torch.Tensor) -> bool:
+    """Whether every row of x (n, p) equals the first; row 1 first, where layers differ."""
+    return bool((x[1:2] == x[:1]).all()) and bool((x == x[:1]).all())
+
+
+def _column_means(x: torch.Tensor) -> torch.Tensor:
+    """(n, p) → (1, p) column means, exactly the value of each constant column (a mean of n
+    equal floats can be off by up to n/2 ulps), so that such a column centres to exactly 0.
+
+    Only the columns whose mean is that close to, but not equal to, their first entry are
+    checked in full: a few, where checking every column would cost a pass over x.
+    """
+    mean = x.mean(0, keepdim=True)
+    first = x[:1]
+    gap = (first - mean).abs_()
+    near = ((gap > 0) & (gap <= first.abs() * (len(x) * torch.finfo(x.dtype).eps)))[0]
+    if bool(near.any()):
+        cols = near.nonzero()[:, 0]
+        cols = cols[(x[:, cols] == first[:, cols]).all(0)]
+        mean[0, cols] = first[0, cols]
+    return mean
 
 
 def _exponent(x: torch.Tensor) -> int:
@@ -624,16 +896,24 @@ def _rbf(g: torch.Tensor, threshold: float, debiased: bool) -> tuple[torch.Tenso
 
 
 def _centre_gram(k: torch.Tensor) -> torch.Tensor:
-    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+    """H K H of one (n, n) Gram or of a stack (L, n, n)."""
+    return (k - k.mean(-2, keepdim=True) - k.mean(-1, keepdim=True)
+            + k.mean((-2, -1), keepdim=True))
 
 
-def _gram(x: torch.Tensor) -> torch.Tensor:
-    """(n, p) → (n, n) X Xᵀ."""
+def _gram(x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, p) → (n, n) X Xᵀ, in ``out`` (n, n) if given."""
     if x.device.type == "cpu":
         # NumPy sends X @ X.T to BLAS SYRK (half the FLOPs); torch runs a full GEMM
         xn = x.numpy()
-        return torch.from_numpy(xn @ xn.T)
-    return x @ x.T
+        return torch.from_numpy(np.matmul(xn, xn.T, out=None if out is None else out.numpy()))
+    return torch.mm(x, x.T, out=out)
+
+
+def _centre_symmetric_(k: torch.Tensor) -> torch.Tensor:
+    """H K H in place for a symmetric (n, n) K, whose row means are its column means."""
+    means = k.mean(1)
+    return k.sub_(means[:, None]).sub_(means[None, :]).add_(means.mean())
 
 
 def _sq_distances(g: torch.Tensor) -> torch.Tensor:
@@ -673,6 +953,13 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor) -> int:
         raise ValueError(f"x has {x.shape[0]} rows and y has {y.shape[0]}; CKA compares the "
                          f"same inputs, so row i of x and of y must come from input i")
     return x.shape[0]
+
+
+def _check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)} (the dtype Gram "
+                         f"matrices are formed in), got {precision!r}")
+    return precision
 
 
 def _check_form(form: str) -> None:

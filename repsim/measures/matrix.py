@@ -19,7 +19,8 @@ __all__ = ["similarity_matrix"]
 def similarity_matrix(a: Any, b: Any, measure: str | Measure = "linear_cka", *,
                       reduction: str | None = None, layers_a: Sequence[str] | None = None,
                       layers_b: Sequence[str] | None = None, device: str | torch.device = "cpu",
-                      progress: bool = False, **params: Any) -> SimilarityResult:
+                      progress: bool = False, level: float | None = None, n_perm: int = 0,
+                      seed: int = 0, **params: Any) -> SimilarityResult:
     """``measure`` (a registered name, see :data:`repsim.measures.MEASURES`, or a
     :class:`Measure`) between every layer of ``a`` and every layer of ``b``.
 
@@ -28,15 +29,25 @@ def similarity_matrix(a: Any, b: Any, measure: str | Measure = "linear_cka", *,
     ``reduction`` (default "flatten"). ``params`` configure the measure (e.g.
     ``debiased=True``). Each layer is read once and prepared once (e.g. its Gram matrix);
     every pair is formed from the prepared sides. ``progress=True`` shows a bar over layers.
+
+    Uncertainty (:mod:`repsim.stats`), from the prepared sides without reading a layer again:
+    ``level`` (e.g. 0.95) adds ``low``/``high``, the delete-one jackknife interval over inputs;
+    ``n_perm`` > 0 adds the baseline of b's inputs shuffled ``n_perm`` times (drawn with
+    ``seed``): ``baseline_mean``, ``baseline_high``, ``calibrated``, ``p`` and ``p_adjusted``.
     """
     chosen = get_measure(measure, **params)
     return compute(chosen, pair_sources(a, b, reduction=reduction, layers_a=layers_a,
-                                        layers_b=layers_b), device=device, progress=progress)
+                                        layers_b=layers_b), device=device, progress=progress,
+                   level=level, n_perm=n_perm, seed=seed)
 
 
 def compute(measure: Measure, pairing: Pairing, *, device: str | torch.device = "cpu",
-            progress: bool = False) -> SimilarityResult:
+            progress: bool = False, level: float | None = None, n_perm: int = 0,
+            seed: int = 0) -> SimilarityResult:
     """``measure`` over a checked :class:`Pairing`; see :func:`similarity_matrix`."""
+    from repsim.stats.maps import check_uncertainty, map_uncertainty  # stats build on measures
+
+    check_uncertainty(level, n_perm)
     device = torch.device(device)
     widths_a, widths_b = pairing.widths()
     labels = pairing.a.source.labels if "labels" in measure.needs else None
@@ -54,15 +65,19 @@ def compute(measure: Measure, pairing: Pairing, *, device: str | torch.device = 
                                      (pairing.b, pairing.layers_b))]
     values = measure.compare(*sides, comparison)
     matrix = values.cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
-    return result_of(measure, pairing, np.asarray(matrix, dtype=np.float64), measure.settings())
+    matrix = np.asarray(matrix, dtype=np.float64)
+    return result_of(measure, pairing, matrix, measure.settings(),
+                     **map_uncertainty(measure, *sides, comparison, matrix, level=level,
+                                       n_perm=n_perm, seed=seed))
 
 
 def result_of(measure: Measure, pairing: Pairing, matrix: np.ndarray,
-              settings: dict[str, Any]) -> SimilarityResult:
-    """The result record of ``matrix`` (La, Lb) computed by ``measure`` over ``pairing``."""
+              settings: dict[str, Any], **uncertainty: Any) -> SimilarityResult:
+    """The result record of ``matrix`` (La, Lb) computed by ``measure`` over ``pairing``, with
+    the uncertainty fields of :func:`repsim.stats.map_uncertainty`."""
     return SimilarityResult(
         matrix=matrix, layers_a=pairing.layers_a, layers_b=pairing.layers_b, n=pairing.n,
         measure=measure.name, label=measure.label, direction=measure.direction,
         value_range=measure.value_range, identical=measure.identical,
         description=measure.description, settings=settings, reduction=pairing.reduction,
-        provenance_a=pairing.a.source.meta, provenance_b=pairing.b.source.meta)
+        provenance_a=pairing.a.source.meta, provenance_b=pairing.b.source.meta, **uncertainty)

@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["SimilarityResult"]
+__all__ = ["UNCERTAINTY_ARRAYS", "SimilarityResult"]
+
+UNCERTAINTY_ARRAYS = ("low", "high", "baseline_mean", "baseline_high", "calibrated", "p",
+                      "p_adjusted")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,9 +43,21 @@ class SimilarityResult:
     reduction: str | None = None
     provenance_a: dict[str, Any] = field(default_factory=dict)
     provenance_b: dict[str, Any] = field(default_factory=dict)
+    # uncertainty (repsim.stats), each (La, Lb) or None when not asked for
+    low: np.ndarray | None = None            # interval bounds at ``level``
+    high: np.ndarray | None = None
+    baseline_mean: np.ndarray | None = None  # the value with b's inputs shuffled: mean,
+    baseline_high: np.ndarray | None = None  # and the end 95 % of shuffles do not pass
+    calibrated: np.ndarray | None = None     # (value − baseline mean) / (identical − mean)
+    p: np.ndarray | None = None              # permutation p of "more alike than shuffled"
+    p_adjusted: np.ndarray | None = None     # p, Holm-adjusted over all cells of the map
+    uncertainty: dict[str, Any] = field(default_factory=dict)  # level, method, n_perm, seed
 
     def __post_init__(self):
-        self.matrix.setflags(write=False)
+        for name in ("matrix", *UNCERTAINTY_ARRAYS):
+            value = getattr(self, name)
+            if value is not None:
+                value.setflags(write=False)
 
     @property
     def axis_label(self) -> str:
@@ -70,7 +85,7 @@ class SimilarityResult:
             "measure": self.measure,
             "direction": self.direction,
             "range": [_json_number(v) for v in self.value_range],
-            "matrix": [[_json_number(v) for v in row] for row in self.matrix.tolist()],
+            "matrix": _json_matrix(self.matrix),
             "rows": "layers_a",
             "columns": "layers_b",
             "layers_a": list(self.layers_a),
@@ -78,14 +93,22 @@ class SimilarityResult:
             "n": self.n,
             "reduction": self.reduction,
             **self.settings,
+            **({"uncertainty": self.uncertainty} if self.uncertainty else {}),
+            **{name: _json_matrix(values) for name, values in self._uncertainty().items()},
             "provenance_a": self.provenance_a,
             "provenance_b": self.provenance_b,
         }
 
+    def _uncertainty(self) -> dict[str, np.ndarray]:
+        """The uncertainty arrays that were computed, by field name."""
+        return {name: getattr(self, name) for name in UNCERTAINTY_ARRAYS
+                if getattr(self, name) is not None}
+
     def to_frame(self) -> pd.DataFrame:
         """Long format: one row per layer pair with columns layer_a, layer_b, depth_a,
-        depth_b (positions in the layer lists), value, then measure, direction, n,
-        reduction and one column per setting."""
+        depth_b (positions in the layer lists), value, the uncertainty columns that were
+        computed (low, high, baseline_mean, baseline_high, calibrated, p, p_adjusted), then
+        measure, direction, n, reduction and one column per setting."""
         depth_a, depth_b = np.meshgrid(np.arange(len(self.layers_a)),
                                        np.arange(len(self.layers_b)), indexing="ij")
         frame = pd.DataFrame({
@@ -94,6 +117,7 @@ class SimilarityResult:
             "depth_a": depth_a.ravel(),
             "depth_b": depth_b.ravel(),
             "value": self.matrix.ravel(),
+            **{name: values.ravel() for name, values in self._uncertainty().items()},
         })
         constants = {"measure": self.measure, "direction": self.direction, "n": self.n,
                      "reduction": self.reduction, **self.settings}
@@ -113,3 +137,7 @@ class SimilarityResult:
 def _json_number(value: float) -> float | None:
     """Strict JSON has no NaN or infinity: they become null."""
     return value if math.isfinite(value) else None
+
+
+def _json_matrix(values: np.ndarray) -> list[list[float | None]]:
+    return [[_json_number(v) for v in row] for row in values.tolist()]

@@ -15,6 +15,10 @@ standardises the projected ones as any others. A projected layer is read in one 
 blocks (within ``max_memory`` when given, see :func:`repsim.probe.projection_block_rows`) into
 an (N, d) array that is probed in memory.
 
+Test accuracy comes with its Wilson score interval over the test inputs (``test_low``,
+``test_high``, at the table's ``level``): the uncertainty of the accuracy of this fitted probe
+on the population the test inputs are drawn from (not of the network's seed, nor of the fit).
+
 Chance level, as reported by :func:`probe_layers`: the test accuracy of always predicting the
 most frequent train class (ties: the smallest label). It is what a probe that learnt nothing
 but the train class frequencies scores, and it differs from 1/K on unbalanced splits.
@@ -43,6 +47,7 @@ from repsim.probe.features import (
 )
 from repsim.probe.memory import probe_block_rows, projection_block_rows
 from repsim.sources import ActivationSet, ActivationSource
+from repsim.stats.intervals import check_level, wilson_interval
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,6 +73,8 @@ class ProbeRow:
     C: float              # chosen inverse L2 strength
     train_acc: float      # accuracy of the refit on the train split
     test_acc: float
+    test_low: float       # Wilson interval of test_acc over the test inputs, at the table's level
+    test_high: float
     chance: float         # test accuracy of always predicting the most frequent train class
     n_train: int
     n_test: int
@@ -83,6 +90,7 @@ class ProbeTable:
     settings: ProbeSettings
     match_dim: int | None = None  # features of the random projection of wider layers; None: off
     match_seed: int = 0           # seed of that projection
+    level: float = 0.95           # of the test accuracies' intervals
 
     def records(self) -> list[dict]:
         """The rows as dicts (e.g. for ``csv.DictWriter`` or ``pandas.DataFrame``)."""
@@ -92,12 +100,13 @@ class ProbeTable:
         """A tidy :class:`pandas.DataFrame`, one row per probed layer, in the table's order.
 
         Columns: every :class:`ProbeRow` field (``solver`` is the solver a layer was fitted
-        with), then the protocol, the same on every row: ``reduction``, ``match_dim``
-        (nullable Int64, <NA> when off), ``match_seed``, and the settings ``cv``, ``Cs`` (the
-        grid as a string, e.g. ``"0.1,1.0"``), ``solver_setting`` ("auto" | "sklearn" |
-        "torch"), ``dtype`` and ``random_state``. Frames of several tables concatenate
-        (``pandas.concat``) into one long table to group by any of these columns; group by
-        ``match_dim`` with ``dropna=False`` to keep the unprojected tables.
+        with; ``test_low``/``test_high`` the interval at ``self.level``), then the protocol,
+        the same on every row: ``reduction``, ``match_dim`` (nullable Int64, <NA> when off),
+        ``match_seed``, and the settings ``cv``, ``Cs`` (the grid as a string, e.g.
+        ``"0.1,1.0"``), ``solver_setting`` ("auto" | "sklearn" | "torch"), ``dtype`` and
+        ``random_state``. Frames of several tables concatenate (``pandas.concat``) into one
+        long table to group by any of these columns; group by ``match_dim`` with
+        ``dropna=False`` to keep the unprojected tables.
         """
         import pandas as pd
 
@@ -127,7 +136,7 @@ class ProbeTable:
 def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
                  layers: Sequence[str] | None = None, progress: bool = False,
                  max_memory: int | None = None, match_dim: int | None = None,
-                 match_seed: int = 0, **probe_kwargs: Any) -> ProbeTable:
+                 match_seed: int = 0, level: float = 0.95, **probe_kwargs: Any) -> ProbeTable:
     """Probe every layer (or ``layers``) of a train and a test activation source.
 
     ``train``/``test``: :class:`repsim.store.ActivationFile`,
@@ -140,14 +149,16 @@ def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
     memory; the torch solver is used); a layer that fits is read whole. ``match_dim``: probe
     every layer of more than match_dim features on its seeded random projection to match_dim
     features (:mod:`repsim.projection`, seed ``match_seed``), so layers of different widths
-    are compared at one dimension. ``probe_kwargs`` go to :class:`LinearProbe`. Refuses
-    sources of different datasets, test classes the train split lacks, missing layers, the
-    same rows used as train and test, and NaN or infinite values (naming the layer, the
-    reduction and the set); a dataset or split that only one source records is probed with a
-    :class:`ProvenanceWarning` naming it.
+    are compared at one dimension. ``level``: of the Wilson interval of each test accuracy
+    over the test inputs (``test_low``, ``test_high``). ``probe_kwargs`` go to
+    :class:`LinearProbe`. Refuses sources of different datasets, test classes the train split
+    lacks, missing layers, the same rows used as train and test, and NaN or infinite values
+    (naming the layer, the reduction and the set); a dataset or split that only one source
+    records is probed with a :class:`ProvenanceWarning` naming it.
     """
     train, test = _as_source(train, "train"), _as_source(test, "test")
     settings = ProbeSettings(**probe_kwargs)
+    check_level(level)
     if match_dim is not None:
         projection.check_match(match_dim, match_seed)
     names = _check_pair(train, test, layers, settings.cv)
@@ -168,13 +179,15 @@ def probe_layers(train: Any, test: Any, *, reduction: str = GAP,
                              f"{test_dim} in the test set; extract both splits from the same "
                              "model with the same reduction")
         depth = order.index(name)
+        test_acc = float(probe.score(x_test, y_test))
+        low, high = wilson_interval(round(test_acc * len(y_test)), len(y_test), level)
         rows.append(ProbeRow(
             layer=name, depth=depth, rel_depth=depth / max(len(order) - 1, 1), dim=dim,
-            probe_dim=probe_dim, C=probe.C_, train_acc=train_acc,
-            test_acc=float(probe.score(x_test, y_test)), chance=chance, n_train=len(y_train),
+            probe_dim=probe_dim, C=probe.C_, train_acc=train_acc, test_acc=test_acc,
+            test_low=float(low), test_high=float(high), chance=chance, n_train=len(y_train),
             n_test=len(y_test), solver=probe.solver_,
         ))
-    return ProbeTable(tuple(rows), reduction, settings, match_dim, match_seed)
+    return ProbeTable(tuple(rows), reduction, settings, match_dim, match_seed, level)
 
 
 @dataclass(frozen=True)
