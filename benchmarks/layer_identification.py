@@ -1,8 +1,8 @@
 """Layer identification (Kornblith et al. 2019, §6.1): does a measure pick, in a network trained
 from another seed, the layer that corresponds to a given layer?
 
-    python benchmarks/layer_identification.py               # about 12 min on 2 cores at first,
-                                                            # then the checkpoints are reused
+    python benchmarks/layer_identification.py   # ≈ 15 min on 2 cores (training ≈ 8), then
+                                                # the checkpoints and activations are reused
     python benchmarks/layer_identification.py --networks 5 --n 2000 --reductions gap pool4
 
 Trains --networks ResNet-20s (width 8; 10 layers: the stem and nine residual blocks) with

@@ -20,8 +20,8 @@ inputs; their 16 layers (16 channels ×6, 32 ×5, 64 ×5) are extracted once wit
   combination (9) is timed and the 256-pair total extrapolated from them (``--pairs all``
   times every pair).
 
-Prints a table with both times, their ratio (target ≥ 10×) and the largest difference between
-the per-pair values and ours on the pairs timed.
+Every time is the least of --repeats runs. Prints a table with both times, their ratio (target
+≥ 10×) and the largest difference between the per-pair values and ours on the pairs timed.
 """
 
 from __future__ import annotations
@@ -56,21 +56,27 @@ def centred(x: np.ndarray) -> np.ndarray:
 
 
 def inverse_sqrt(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """(Σ^(+½), rank) of Σ = xᵀx: the pseudo-inverse square root over the directions whose
-    singular values of x pass NumPy's ``matrix_rank`` tolerance (dead units drop out)."""
+    """(Σ^(+½), rank) of Σ = xᵀx, x centred: the pseudo-inverse square root over the
+    eigenvalues above λ_max · max(n, p) · ε, what a covariance's eigenvalues resolve (exactly
+    dependent or dead units drop out; directions weaker than about 10⁻⁶ of the strongest
+    would too, which the measure keeps)."""
     values, vectors = np.linalg.eigh(x.T @ x)
-    keep = values > values.max() * (max(x.shape) * np.finfo(np.float64).eps) ** 2
+    keep = values > values.max() * max(x.shape) * np.finfo(np.float64).eps
     return (vectors[:, keep] / np.sqrt(values[keep])) @ vectors[:, keep].T, int(keep.sum())
 
 
-def hotelling(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hotelling's CCA of the centred layers: U and the m = min(rank x, rank y) canonical
-    correlations ρ of the SVD of Σxx^(−½) Σxy Σyy^(−½), and Σxx^(−½)."""
+def hotelling(x: np.ndarray, y: np.ndarray, *, fewer_first: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Hotelling's CCA of the centred layers x, y (swapped when ``fewer_first`` and y has
+    fewer independent directions): the m = min(rank x, rank y) canonical correlations ρ and
+    left singular vectors U of Σxx^(−½) Σxy Σyy^(−½), Σxx^(−½) and the centred x."""
     x, y = centred(x), centred(y)
     (wx, dx), (wy, dy) = inverse_sqrt(x), inverse_sqrt(y)
+    if fewer_first and dy < dx:
+        (x, wx, dx), (y, wy, dy) = (y, wy, dy), (x, wx, dx)
     u, rho, _ = np.linalg.svd(wx @ (x.T @ y) @ wy, full_matrices=False)
     m = min(dx, dy)
-    return u[:, :m], rho[:m], wx
+    return rho[:m], u[:, :m], wx, x
 
 
 def svd_reduced(x: np.ndarray, variance: float) -> np.ndarray:
@@ -81,11 +87,11 @@ def svd_reduced(x: np.ndarray, variance: float) -> np.ndarray:
 
 
 def cca_mean_rho(x: np.ndarray, y: np.ndarray, _measure) -> float:
-    return float(hotelling(x, y)[1].mean())
+    return float(hotelling(x, y)[0].mean())
 
 
 def cca_r2(x: np.ndarray, y: np.ndarray, _measure) -> float:
-    return float((hotelling(x, y)[1] ** 2).mean())
+    return float((hotelling(x, y)[0] ** 2).mean())
 
 
 def svcca(x: np.ndarray, y: np.ndarray, measure) -> float:
@@ -96,12 +102,10 @@ def svcca(x: np.ndarray, y: np.ndarray, measure) -> float:
 def pwcca(x: np.ndarray, y: np.ndarray, _measure) -> float:
     """Morcos et al. 2018: ρ weighted by α_i ∝ Σ_j |⟨h_i, x_j⟩|, h_i the unit canonical
     variates of the layer with fewer independent neurons (x on ties)."""
-    if np.linalg.matrix_rank(centred(y)) < np.linalg.matrix_rank(centred(x)):
-        x, y = y, x
-    u, rho, wx = hotelling(x, y)
-    h = centred(x) @ wx @ u
+    rho, u, wx, x = hotelling(x, y, fewer_first=True)
+    h = x @ wx @ u
     h /= np.linalg.norm(h, axis=0)
-    alpha = np.abs(h.T @ centred(x)).sum(axis=1)
+    alpha = np.abs(h.T @ x).sum(axis=1)
     return float(alpha @ rho / alpha.sum())
 
 
@@ -227,18 +231,24 @@ def activation_files(n: int, folder: Path) -> list[ActivationFile]:
     return files
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+def best_of(repeats: int, fn):
+    """fn() and the least of ``repeats`` wall-clock times of it: other jobs on a shared machine
+    only ever add time."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return out, min(times)
 
 
-def bench(name: str, files: list[ActivationFile], reductions: list[str], every_pair: bool) -> Row:
+def bench(name: str, files: list[ActivationFile], reductions: list[str], every_pair: bool,
+          repeats: int) -> Row:
     measure = get_measure(name)
     for reduction in reductions:
         try:
-            result, ours_s = timed(lambda: similarity_matrix(*files, measure,
-                                                             reduction=reduction))
+            result, ours_s = best_of(repeats, lambda: similarity_matrix(
+                *files, measure, reduction=reduction))
             break
         except ValueError as err:  # refused at this reduction: try the next
             print(f"{name} refuses {reduction}: {' '.join(str(err).split())[:200]}")
@@ -257,7 +267,7 @@ def bench(name: str, files: list[ActivationFile], reductions: list[str], every_p
     per_pair_s, diff = 0.0, 0.0
     for (i, j), weight in sample.items():
         x, y = acts[0][result.layers_a[i]], acts[1][result.layers_b[j]]
-        value, seconds = timed(lambda: per_pair(x, y, measure))
+        value, seconds = best_of(repeats, lambda: per_pair(x, y, measure))
         per_pair_s += weight * seconds
         diff = max(diff, abs(value - result.matrix[i, j]))
     timing = "measured" if every_pair else f"extrapolated from {len(sample)} pairs"
@@ -274,6 +284,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="reductions tried in order, the first a measure accepts (pool2 gap)")
     p.add_argument("--pairs", choices=["sample", "all"], default="sample",
                    help="time one per-pair call per width combination (sample) or all 256")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="each timing is the least of this many runs (3)")
     p.add_argument("--threads", type=int, default=2, help="torch and BLAS threads (2)")
     return p.parse_args(argv)
 
@@ -286,11 +298,12 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     with threadpool_limits(args.threads), tempfile.TemporaryDirectory() as folder:
         files = activation_files(args.n, Path(folder))
-        rows = [bench(name, files, args.reductions, args.pairs == "all") for name in names]
+        rows = [bench(name, files, args.reductions, args.pairs == "all", args.repeats)
+                for name in names]
         for f in files:
             f.close()
     print(f"\n16×16 maps of two random-init ResNet-32s (width 16), n = {args.n}, "
-          f"{args.threads} threads\n")
+          f"{args.threads} threads, least of {args.repeats} runs\n")
     print("| measure | reduction | ours | per pair | per-pair time | speed-up | max diff |")
     print("|---|---|---:|---|---:|---:|---:|")
     for r in rows:

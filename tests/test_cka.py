@@ -785,7 +785,8 @@ def test_precision_must_be_known():
 @pytest.mark.parametrize("precision", ["float64", "float32"])
 def test_minibatch_worker_threads_change_no_bit(precision):
     """Each layer is kernelised whole by one worker, so the thread count cannot change the
-    result; the caller's thread setting is restored after each update."""
+    result; the caller's thread setting is restored after each update, and updates work in
+    the caller's inference mode (as under forward hooks), which worker threads do not share."""
     a = relu_layers(10, 80, (20, 100, 300))
     b = relu_layers(11, 80, (60, 200))
     before = torch.get_num_threads()
@@ -793,7 +794,8 @@ def test_minibatch_worker_threads_change_no_bit(precision):
     for threads in (1, 3):
         torch.set_num_threads(threads)
         try:
-            results.append(minibatch(a, b, 40, precision=precision))
+            with torch.inference_mode():
+                results.append(minibatch(a, b, 40, precision=precision))
             assert torch.get_num_threads() == threads
         finally:
             torch.set_num_threads(before)

@@ -589,12 +589,15 @@ def _kernelise_with(kernelise: Callable, xs: Iterable, count: int, n: int, *,
     :func:`_layer_workers` (``lazy`` as there); each layer is released once kernelised.
     """
     f64 = dict(dtype=torch.float64, device=device)
-    grams = None if feature_form else torch.empty(count, n, n, **f64)
-    diag = torch.empty(count, n, **f64)
-    rowsum = torch.empty(count, n, **f64)
-    self_inner = torch.empty(count, **f64)
-    degenerate = torch.empty(count, dtype=torch.bool, device=device)
-    exponents = torch.empty(count, **f64)
+    # worker threads are never in the caller's inference mode, and may not write to tensors
+    # made in it
+    with torch.inference_mode(False):
+        grams = None if feature_form else torch.empty(count, n, n, **f64)
+        diag = torch.empty(count, n, **f64)
+        rowsum = torch.empty(count, n, **f64)
+        self_inner = torch.empty(count, **f64)
+        degenerate = torch.empty(count, dtype=torch.bool, device=device)
+        exponents = torch.empty(count, **f64)
     scratch = _Scratch(device)
 
     def one(item: tuple[int, Any]) -> torch.Tensor | None:
@@ -642,12 +645,10 @@ def _layer_terms(x: torch.Tensor, gram: torch.Tensor | None, scratch: _Scratch, 
         return _LayerTerms(xc, x64.square().sum(1), x64 @ x64.sum(0), small.square().sum(),
                            degenerate, exponent)
     xc, degenerate, exponent = _centre(x, out=scratch.take(x.shape, x.dtype))
-    del x  # hold one copy of the layer, not two
     if precision == torch.float64:
         _gram(xc, out=gram)
     else:
         gram.copy_(_gram(xc.to(precision)))
-    del xc
     if kernel == "rbf":
         k, degenerate = _rbf(gram, threshold, debiased)
         gram.copy_(k)
