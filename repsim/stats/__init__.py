@@ -2,7 +2,7 @@
 baselines, intervals and tests over seeds, and Holm's correction for many layers.
 
 * :func:`cka_ci`: one CKA value with its interval.
-* ``level=`` / ``n_perm=`` of :func:`repsim.similarity_matrix` and :func:`repsim.cka_matrix`:
+* ``level=`` / ``n_perm=`` of :func:`repsim.similarity_matrix` and :func:`repsim.cka.cka_matrix`:
   the same for whole maps (:func:`map_uncertainty`), for any registered measure.
 * :mod:`repsim.stats.groups`: seed groups, the reference's noise ceiling, and tests per layer.
 """

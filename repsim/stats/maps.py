@@ -1,5 +1,5 @@
 """Uncertainty of a whole layer-by-layer map, through the measure registry: the intervals
-and permutation baselines of :func:`repsim.similarity_matrix` and :func:`repsim.cka_matrix`
+and permutation baselines of :func:`repsim.similarity_matrix` and :func:`repsim.cka.cka_matrix`
 (``level=``, ``n_perm=``), from the sides the map was computed from, so no replicate reads a
 layer or recomputes a Gram matrix."""
 
