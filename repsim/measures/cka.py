@@ -537,13 +537,18 @@ def _feature_side(features: torch.Tensor, widths: tuple[int, ...], degenerate: t
                   exponents: torch.Tensor) -> _Kernelised:
     """A feature-form side of (m, Σ p_l) features, re-centred, with its sums recomputed."""
     xs = [x - x.mean(0) for x in torch.split(features, list(widths), dim=1)]
-    return _Kernelised(
-        grams=None, features=torch.cat(xs, 1), widths=widths,
-        diag=torch.stack([x.square().sum(1) for x in xs]),
-        rowsum=torch.stack([x @ x.sum(0) for x in xs]),
-        self_inner=torch.stack([_gram(x.T if x.shape[1] <= len(x) else x).square().sum()
-                                for x in xs]),
-        degenerate=degenerate, exponents=exponents)
+    diag, rowsum, self_inner = (torch.stack(terms) for terms in zip(*map(_feature_sums, xs)))
+    return _Kernelised(grams=None, features=torch.cat(xs, 1), widths=widths, diag=diag,
+                       rowsum=rowsum, self_inner=self_inner, degenerate=degenerate,
+                       exponents=exponents)
+
+
+def _feature_sums(xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """diag(K), K1 (float64) and ‖K‖²_F of K = XXᵀ for centred features xc (n, p), products
+    in xc's dtype; ‖XᵀX‖_F = ‖XXᵀ‖_F, so the smaller of the two Grams is formed."""
+    x64 = xc.double()
+    small = _gram(xc.T if xc.shape[1] <= len(xc) else xc).double()
+    return x64.square().sum(1), x64 @ x64.sum(0), small.square().sum()
 
 
 def _single_pair(x, y, *, kernel, threshold, debiased, form, device) -> float:
@@ -639,11 +644,7 @@ def _layer_terms(x: torch.Tensor, gram: torch.Tensor | None, scratch: _Scratch, 
     if gram is None:
         xc, degenerate, exponent = _centre(x)
         xc = xc.to(precision)
-        x64 = xc.double()
-        # ‖XᵀX‖_F = ‖XXᵀ‖_F: use the smaller of the two Grams
-        small = _gram(xc.T if xc.shape[1] <= len(xc) else xc).double()
-        return _LayerTerms(xc, x64.square().sum(1), x64 @ x64.sum(0), small.square().sum(),
-                           degenerate, exponent)
+        return _LayerTerms(xc, *_feature_sums(xc), degenerate, exponent)
     xc, degenerate, exponent = _centre(x, out=scratch.take(x.shape, x.dtype))
     if precision == torch.float64:
         _gram(xc, out=gram)
