@@ -136,12 +136,18 @@ def column_moments(blocks: Callable[[], Iterable[tuple[int, np.ndarray]]]
     mean = total / n
     squares = 0.0
     for _, block in blocks():
-        deviation = block - mean
-        squares = squares + np.einsum("ij,ij->j", deviation, deviation)
+        squares = squares + _squared_deviations(block, mean)
     var = squares / n
     eps = np.finfo(np.float64).eps
     constant = var <= n * eps * var + (n * mean * eps) ** 2
     return mean, np.where(constant, 1.0, np.sqrt(var))
+
+
+def _squared_deviations(block: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Σ over rows of (block − mean)², (D,) float64, for block (b, D): a function so that the
+    float64 deviations (8·b·D bytes) are freed before the next block is read."""
+    deviation = block - mean
+    return np.einsum("ij,ij->j", deviation, deviation)
 
 
 def standardise(block: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
