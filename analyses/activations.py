@@ -53,13 +53,16 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def select_inputs(name: str, selection: InputSelection) -> datasets.ImageSet:
-    """The rows of a split that ``selection`` names: all, or a seeded balanced subset."""
-    split = datasets.load_split(name, selection.split, data_root=selection.data_root)
-    if selection.n is None or selection.n >= len(split):
-        return split
-    return datasets.take(split, datasets.balanced_subset(split.labels, selection.n,
-                                                         selection.seed))
+def select_inputs(dataset: dict, selection: InputSelection) -> datasets.ImageSet:
+    """The rows of a split of a checkpoint's ``dataset`` (its metadata: ``name`` and, for an
+    image folder, the ``image_size`` its rows are centre-cropped to) that ``selection`` names:
+    all, or a seeded balanced subset, in memory."""
+    split = datasets.load_split(dataset["name"], selection.split, data_root=selection.data_root,
+                                image_size=dataset.get("image_size"))
+    if selection.n is not None and selection.n < len(split):
+        split = datasets.take(split, datasets.balanced_subset(split.labels, selection.n,
+                                                              selection.seed))
+    return datasets.in_memory(split)
 
 
 def inputs_sha256(inputs: datasets.ImageSet) -> str:
@@ -111,7 +114,8 @@ def prepare(ckpt: str | Path, selection: InputSelection, layers: Sequence[str] |
     ``checkpoint_sha256`` is the file's SHA-256 when the caller has it already; it is
     computed here otherwise."""
     meta = checkpoint_meta(ckpt)
-    inputs = select_inputs(meta["dataset"]["name"], selection)
+    dataset = meta["dataset"]
+    inputs = select_inputs(dataset, selection)
     return Extraction(Path(ckpt), checkpoint_sha256 or sha256(ckpt), meta, selection, inputs,
                       inputs_sha256(inputs), tuple(layers or meta["layers"]))
 

@@ -53,6 +53,11 @@ def device(text: str) -> str:
     return text
 
 
+def split_name(text: str) -> str:
+    """argparse type of ``--split``: ``val`` names the test split (an image folder's val/)."""
+    return "test" if text == "val" else text
+
+
 def reduction(text: str) -> str:
     """argparse type of ``--reduction``: a name :func:`repsim.extract.parse_reduction` accepts,
     kept as the name."""
@@ -70,7 +75,8 @@ SHARED: dict[str, dict[str, Any]] = {
     "n_train": {"type": count, "help": "probe train inputs (%(default)s; 0: the whole split)"},
     "n_test": {"type": count, "help": "probe test inputs (%(default)s; 0: the whole split)"},
     "seed": {"type": int, "help": "which inputs when --n is a subset (%(default)s)"},
-    "split": {"choices": ["train", "test"], "help": "dataset split (%(default)s)"},
+    "split": {"choices": ["train", "test", "val"], "type": split_name,
+              "help": "dataset split (%(default)s; val: an image folder's val/, the same as test)"},
     "reduction": {"type": reduction,
                   "help": "flatten, gap or pool<k> (k >= 1) of each conv layer (%(default)s)"},
     "layers": {"nargs": "+", "help": "module names (default: each checkpoint's)"},

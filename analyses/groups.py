@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from analyses.activations import model_label
+from repsim.stats.intervals import check_level
 from repsim.store import ActivationFile
 
 SYNTAX = "write FILE, or NAME=FILE,FILE,... for the seeds of one method"
@@ -52,6 +53,20 @@ class SeedGroup:
     def label(self, first: ActivationFile) -> str:
         """The group's name, or the model label of its only network (``first``, opened)."""
         return self.name if self.name is not None else model_label(first)
+
+
+class GroupedSettings:
+    """Base of a command's Settings whose ``ckpt`` holds checkpoints or seed groups
+    (``NAME=FILE,FILE,...``) and whose ``level`` is the level of its intervals: both checked
+    when the settings are made."""
+
+    def __post_init__(self):
+        self.groups()
+        check_level(self.level)
+
+    def groups(self) -> tuple[SeedGroup, ...]:
+        """The parsed ``ckpt`` entries."""
+        return parse_groups(self.ckpt, "--ckpt")
 
 
 def group_option(text: str) -> str:

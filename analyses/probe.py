@@ -35,18 +35,17 @@ import numpy as np
 from analyses.activations import DEFAULT_CACHE, activations_of, check_distinct_names, model_label
 from analyses.cli import SettingsParser, run_cli, write_settings
 from analyses.groups import (
-    SeedGroup,
+    GroupedSettings,
     check_each_network_once,
     count,
     group_option,
-    parse_groups,
     seeded,
 )
 from analyses.paths import run_folder
 from repsim import plot
 from repsim.probe import ProbeTable, probe_layers
 from repsim.projection import check_match
-from repsim.stats.intervals import check_level, t_interval
+from repsim.stats.intervals import t_interval
 from training.checks import Range
 
 COLUMNS = ("model", "group", "layer", "depth", "rel_depth", "dim", "probe_dim", "C",
@@ -57,7 +56,7 @@ GROUP_COLUMNS = ("group", "layer", "depth", "rel_depth", "seeds", "mean", "low",
 
 
 @dataclass(frozen=True, kw_only=True)
-class Settings:
+class Settings(GroupedSettings):
     ckpt: tuple[str, ...]                  # to probe: FILE or NAME=FILE,FILE,... (SeedGroup)
     out: str = "probe-out"                 # output folder
     n_train: int = 10000                   # train inputs (0: the whole split)
@@ -75,14 +74,6 @@ class Settings:
     device: str = "cpu"                    # torch device of extraction and the torch solver
     threads: int | None = None             # torch CPU threads (None: torch's choice)
     overwrite: bool = False                # replace an earlier run's --out
-
-    def __post_init__(self):
-        self.groups()
-        check_level(self.level)
-
-    def groups(self) -> tuple[SeedGroup, ...]:
-        """The parsed ``ckpt`` entries."""
-        return parse_groups(self.ckpt, "--ckpt")
 
 
 @dataclass(frozen=True)

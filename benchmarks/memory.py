@@ -1,14 +1,18 @@
-"""Peak memory of one training step of AugLocal and DGL, as ratios to BP, at the paper's settings.
+"""Peak memory of one training step of each local method, as ratios to BP, at the paper's settings.
 
     python benchmarks/memory.py [--archs resnet32 resnet110] [--batches 128 1024] [--quick]
-                                [--methods bp auglocal dgl] [--device cpu] [--threads 2]
+                                [--methods bp auglocal dgl infopro predsim] [--device cpu]
+                                [--threads 2]
 
 Each (architecture, batch, method) runs one step (SGD with Nesterov momentum) on random
 32×32×3 inputs and reports, via ``training.memory.measure_step_memory``, the peak of tensors
 held for backward and the step's total (that peak + parameters + gradients + momentum); on a
 GPU also ``torch.cuda.max_memory_allocated``. Settings: ResNet-32 K=16, d=2, τ=0.5;
-ResNet-110 K=55, d=3, τ=0.5; DGL at the same K. Goal: AugLocal's total ≤ 0.5 × BP's on
+ResNet-110 K=55, d=3, τ=0.5; DGL, InfoPro and PredSim at the same K. Goal: AugLocal's total ≤ 0.5 × BP's on
 ResNet-110. ``--quick`` keeps batch 128 only (ResNet-110 at batch 1024 takes minutes on CPU).
+The torchvision ImageNet networks (``--archs tv_resnet34 tv_resnet101 --batches 32``) run on
+224×224 inputs with 1000 classes at the authors' ImageNet settings (K=17 and K=34, d=4, no
+K − d reduction, constant depth).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import sys
 
 import torch
 
-from training.local import paper_config
+from training.data import dataset_info
+from training.local import METHODS, paper_config
 from training.memory import MemoryReport, measure_step_memory
 from training.models import build_model
 
@@ -27,14 +32,19 @@ MIB = 2**20
 
 
 def measure(method: str, arch: str, batch: int, device: torch.device) -> MemoryReport:
-    """One training step of ``method`` on ``arch`` with a (batch, 3, 32, 32) random batch."""
+    """One training step of ``method`` on ``arch`` with a (batch, 3, S, S) random batch
+    (S = 224 and 1000 classes for the torchvision networks, else 32 and 10)."""
+    size, classes = (224, 1000) if arch.startswith("tv_") else (32, 10)
     torch.manual_seed(0)
-    model = build_model(arch).to(device)
-    step = paper_config(method, arch).build_step(model, num_classes=10, input_size=(3, 32, 32))
+    model = build_model(arch, num_classes=classes).to(device)
+    cifar = dataset_info("cifar10")  # InfoPro's decoders reconstruct inputs of its scale
+    step = paper_config(method, arch).build_step(model, num_classes=classes,
+                                                 input_size=(3, size, size),
+                                                 normalisation=(cifar.mean, cifar.std))
     optimizer = torch.optim.SGD(step.trainable.parameters(), lr=0.1, momentum=0.9,
                                 nesterov=True, weight_decay=1e-4)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
     return measure_step_memory(step, optimizer, x, y)
 
 
@@ -67,10 +77,9 @@ def table(rows: list[tuple[str, int, str, MemoryReport]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--archs", nargs="+", default=["resnet32", "resnet110"],
-                   choices=["resnet32", "resnet110"])
+                   choices=["resnet32", "resnet110", "tv_resnet34", "tv_resnet101"])
     p.add_argument("--batches", nargs="+", type=int, default=[128, 1024])
-    p.add_argument("--methods", nargs="+", default=["bp", "auglocal", "dgl"],
-                   choices=["bp", "auglocal", "dgl"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--quick", action="store_true", help="batch 128 only")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")

@@ -1,10 +1,10 @@
-"""Training-step time of AugLocal and DGL over BP's, beside the analytic MAC ratio.
+"""Training-step time of AugLocal, DGL, InfoPro and PredSim over BP's, beside the MAC ratio.
 
     python benchmarks/step_time.py [--arch resnet32] [--batch 64] [--repeats 7] [--threads 2]
                                    [--device cpu]
 
-The three methods (paper settings: ResNet-32 K=16, d=2, τ=0.5; ResNet-110 K=55, d=3, τ=0.5;
-DGL at the same K) train identically initialised copies of the network in one process; their
+The methods (paper settings: ResNet-32 K=16, d=2, τ=0.5; ResNet-110 K=55, d=3, τ=0.5;
+DGL, InfoPro and PredSim at the same K, ``training.local.paper_config``) train identically initialised copies of the network in one process; their
 steps (zero_grad, forward/backward, SGD step) are interleaved over the repeats and the median
 seconds compared. The MAC ratio is the forward multiply-accumulates of primary network plus
 aux nets over the primary network's (conv and linear layers, counted with forward hooks): the
@@ -19,11 +19,13 @@ import time
 
 import torch
 
+from training.data import dataset_info
 from training.local import paper_config
 from training.memory import forward_macs
 from training.models import build_model
 
-METHODS = ("bp", "auglocal", "dgl")
+METHODS = ("bp", "auglocal", "dgl", "infopro", "predsim")
+CIFAR10 = dataset_info("cifar10")  # InfoPro's decoders reconstruct inputs of its scale
 
 
 def timed_step(step, optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         model = build_model(args.arch).to(device)
         steps[method] = paper_config(method, args.arch).build_step(
-            model, num_classes=10, input_size=(3, 32, 32))
+            model, num_classes=10, input_size=(3, 32, 32),
+            normalisation=(CIFAR10.mean, CIFAR10.std))
         optimizers[method] = torch.optim.SGD(steps[method].trainable.parameters(), lr=0.01,
                                              momentum=0.9)
         macs[method] = mac_ratio(steps[method], device)

@@ -177,3 +177,53 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 150) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def depth_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+                 *, bands: Mapping[str, Bands] | None = None, title: str | None = None,
+                 references: Mapping[str, tuple[float, str]] | None = None) -> plt.Figure:
+    """Several per-layer quantities against relative depth, one panel each, side by side.
+
+    ``panels`` maps a panel's y-axis label to its curves, label → (relative depths, values),
+    in the same order in every panel (so a label has the same colour in each). ``bands``
+    maps a panel's label to the (low, high) interval of its curves (NaN bounds draw
+    nothing); ``references`` maps a panel's label to (value, legend label) of a dashed
+    horizontal line (e.g. chance).
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.6, 3.4),
+                             layout="constrained", squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels.items()):
+        for label, (depth, values) in curves.items():
+            _line_with_band(ax, depth, values, label, (bands or {}).get(ylabel, {}).get(label))
+        if ylabel in (references or {}):
+            value, legend = references[ylabel]
+            ax.axhline(value, color="0.4", linestyle="--", linewidth=1, label=legend)
+        ax.set_xlabel("relative depth")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def reconstruction_grid(originals: np.ndarray, rows: Mapping[str, np.ndarray], *,
+                        title: str | None = None) -> plt.Figure:
+    """Images in a grid: the first row ``originals`` (k, C, H, W), then one row per entry of
+    ``rows`` (label → (k, C, H, W), e.g. a layer's reconstructions), pixels in [0, 1]
+    (clipped); one channel is drawn in grey, three as RGB."""
+    k = len(originals)
+    named = {"input": originals, **rows}
+    fig, axes = plt.subplots(len(named), k, figsize=(0.9 * k + 1.2, 0.9 * len(named) + 0.4),
+                             layout="constrained", squeeze=False)
+    for ax_row, (label, images) in zip(axes, named.items()):
+        for ax, image in zip(ax_row, np.clip(np.asarray(images), 0, 1)):
+            grey = image.shape[0] == 1
+            ax.imshow(image[0] if grey else image.transpose(1, 2, 0), cmap="gray" if grey
+                      else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        ax_row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig

@@ -75,7 +75,8 @@ def _accumulated_reference(config: TrainConfig) -> dict[str, torch.Tensor]:
                         num_classes=info.num_classes)
     method = loop.method_config(config, len(model.layer_names))
     step = method.build_step(model, num_classes=info.num_classes,
-                             input_size=(info.channels, info.image_size, info.image_size))
+                             input_size=(info.channels, info.image_size, info.image_size),
+                             normalisation=(info.mean, info.std))
     optimizer = loop.make_optimizer(config, step.trainable.parameters())
     train_set, _ = loop.load_data(config)
     steps = len(train_set) // config.batch_size
@@ -115,7 +116,9 @@ def assert_same_parameters(ckpt: dict, reference: dict[str, torch.Tensor]) -> No
     replace(TINY, method="bp"),
     replace(TINY, method="auglocal", arch="resnet14"),   # aux nets on layers 0…3
     replace(TINY, method="dgl", arch="resnet14"),        # aux nets on layers 0…5
-], ids=["bp", "auglocal", "dgl"])
+    replace(TINY, method="infopro"),                     # aux nets on layers 0…2
+    replace(TINY, method="predsim"),
+], ids=["bp", "auglocal", "dgl", "infopro", "predsim"])
 def test_two_processes_match_one_that_accumulates_the_micro_batches(tmp_path, config):
     config = replace(config, out=str(tmp_path / f"{config.method}.pt"))
     run = torchrun(config)

@@ -24,12 +24,15 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from training.models import BasicBlock, init_weights
+from training.tv_models import resnet_block
 
 D_MIN = 1  # the shallowest aux net the pyramid may reach (docs/auglocal.md, "Pyramidal depth")
+SAMPLINGS = ("uniform", "nearest", "random")  # aux-layer sampling rules (sample_layers)
 
 
 class AuxBlock(NamedTuple):
@@ -43,10 +46,11 @@ class AuxBlock(NamedTuple):
         return f"{self.layer}[{self.width},s{self.stride}]"
 
 
-def effective_modules(K: int, aux_depth: int) -> int:
-    """``K_eff = K − aux_depth``: the number of local modules AugLocal actually trains
-    (``docs/auglocal.md``, section "Layers and local modules")."""
-    return K - aux_depth
+def effective_modules(K: int, aux_depth: int, reduce: bool = True) -> int:
+    """The number of local modules AugLocal actually trains: ``K_eff = K − aux_depth`` under
+    the CIFAR rule (``reduce``), ``K`` under the authors' ImageNet rule (``docs/auglocal.md``,
+    sections "Layers and local modules" and "ImageNet networks")."""
+    return K - aux_depth if reduce else K
 
 
 def aux_depths(K_eff: int, aux_depth: int, pyramid_coeff: float | None) -> list[int]:
@@ -69,17 +73,35 @@ def aux_depths(K_eff: int, aux_depth: int, pyramid_coeff: float | None) -> list[
     return depths
 
 
-def sample_layers(layer: int, n_layers: int, depth: int) -> list[int]:
-    """Indices of the primary layers that layer ``layer``'s aux net of depth ``depth`` mirrors.
+def sample_layers(layer: int, n_layers: int, depth: int, sampling: str = "uniform",
+                  seed: int | None = None) -> list[int]:
+    """Indices, ascending, of the primary layers that layer ``layer``'s aux net of depth
+    ``depth`` mirrors (``docs/auglocal.md``, sections "Aux nets by uniform sampling" and
+    "Sampling ablations").
 
-    Uniform sampling of the later layers, ending at ``n_layers − 1`` (``docs/auglocal.md``,
-    section "Aux nets by uniform sampling"); all later layers when
-    there are no more than ``depth`` of them (unreachable from :func:`aux_plan`, whose
-    ``K_eff`` rule always leaves more than ``depth`` later layers).
+    ``sampling``: ``uniform`` (the paper's rule: evenly spaced later layers ending at
+    ``n_layers − 1``), ``nearest`` (the next ``depth`` layers) or ``random`` (layer
+    ``n_layers − 1`` plus ``depth − 1`` others drawn without replacement from the later layers
+    by a generator seeded with ``(seed, layer)``). ``uniform`` and ``nearest`` take all later
+    layers when there are no more than ``depth`` of them (unreachable from :func:`aux_plan`,
+    whose ``K_eff`` rule always leaves more than ``depth``); ``random`` refuses that case.
     """
+    _check_sampling(sampling, seed)
     remaining = n_layers - 1 - layer
+    if sampling == "random":
+        if depth > remaining:
+            raise ValueError(
+                f"aux sampling 'random' draws {depth} of the later layers of layer {layer}, "
+                f"but only {remaining} follow it in a {n_layers}-layer network; lower "
+                "--aux-depth or K, or use --aux-sampling uniform"
+            )
+        rng = np.random.default_rng([seed, layer])
+        drawn = rng.choice(np.arange(layer + 1, n_layers - 1), size=depth - 1, replace=False)
+        return sorted(int(i) for i in drawn) + [n_layers - 1]
     if depth >= remaining:
         return list(range(layer + 1, n_layers))
+    if sampling == "nearest":
+        return list(range(layer + 1, layer + depth + 1))
     return [round(layer + k * remaining / depth) for k in range(1, depth + 1)]
 
 
@@ -102,12 +124,15 @@ def plan_blocks(widths: Sequence[int], layer: int, sampled: Sequence[int]) -> li
 
 
 def aux_plan(widths: Sequence[int], K: int, aux_depth: int,
-             pyramid_coeff: float | None = None) -> dict[int, list[AuxBlock]]:
-    """AugLocal's aux nets: layer index → its blocks, for layers ``0 … K − aux_depth − 2``.
+             pyramid_coeff: float | None = None, *, sampling: str = "uniform",
+             seed: int | None = None, reduce: bool = True) -> dict[int, list[AuxBlock]]:
+    """AugLocal's aux nets: layer index → its blocks, for layers ``0 … K − aux_depth − 2``
+    (``reduce=False``, the authors' ImageNet rule: layers ``0 … K − 2``).
 
     ``widths[i]`` is the output channel count of primary layer ``i`` (``model.layer_widths``).
     ``pyramid_coeff=None``: every aux net has ``aux_depth`` blocks; else the pyramidal schedule
-    of :func:`aux_depths`. Example (ResNet-32, K=16, aux_depth=2): ``plan[7]`` is
+    of :func:`aux_depths`. ``sampling`` and ``seed``: which later layers each aux net mirrors
+    (:func:`sample_layers`). Example (ResNet-32, K=16, aux_depth=2): ``plan[7]`` is
     ``[AuxBlock(11, 64, 2), AuxBlock(15, 64, 1)]`` (``docs/auglocal.md``, section
     "Golden plans").
     """
@@ -117,9 +142,12 @@ def aux_plan(widths: Sequence[int], K: int, aux_depth: int,
             f"K={K!r} local modules but the network has {len(widths)} layers; "
             f"choose an integer K <= {len(widths)}"
         )
-    depths = aux_depths(effective_modules(K, aux_depth), aux_depth, pyramid_coeff)
+    if not reduce and K < 2:
+        raise ValueError(f"K={K!r} leaves no aux net; choose 2 <= K <= {len(widths)}")
+    depths = aux_depths(effective_modules(K, aux_depth, reduce), aux_depth, pyramid_coeff)
     return {
-        layer: plan_blocks(widths, layer, sample_layers(layer, len(widths), depth))
+        layer: plan_blocks(widths, layer,
+                           sample_layers(layer, len(widths), depth, sampling, seed))
         for layer, depth in enumerate(depths)
     }
 
@@ -145,20 +173,76 @@ def auglocal_head(channels: int, num_classes: int, depth: int) -> nn.Sequential:
                          nn.Linear(channels, num_classes))
 
 
+def model_aux_plan(model: nn.Module, K: int, aux_depth: int, pyramid_coeff: float | None,
+                   **options) -> dict[int, list[AuxBlock]]:
+    """:func:`aux_plan` of ``model.layer_widths`` (``options``: its keywords), with the VGG
+    pooling rule for VGGs: a block's stride 2 means a 2×2 max-pool before its conv, wherever
+    the width changes (one pool even where it quadruples; no carry-over)."""
+    plan = aux_plan(model.layer_widths, K, aux_depth, pyramid_coeff, **options)
+    if getattr(model, "aux_family", "cifar") != "vgg":
+        return plan
+    widths = model.layer_widths
+    return {layer: [b._replace(stride=1 if b.width == c_prev else 2)
+                    for b, c_prev in zip(blocks, [widths[layer]] + [b.width for b in blocks])]
+            for layer, blocks in plan.items()}
+
+
+def cifar_aux_net(model: nn.Module, layer: int, blocks: list[AuxBlock],
+                  num_classes: int) -> nn.Sequential:
+    """CIFAR ResNets: new ``BasicBlock``s → :func:`auglocal_head`."""
+    c_ins = [model.layer_widths[layer]] + [b.width for b in blocks[:-1]]
+    body = [BasicBlock(c_in, b.width, b.stride) for c_in, b in zip(c_ins, blocks)]
+    return nn.Sequential(*body, auglocal_head(blocks[-1].width, num_classes, len(blocks)))
+
+
+def tv_resnet_aux_net(model: nn.Module, layer: int, blocks: list[AuxBlock],
+                      num_classes: int) -> nn.Sequential:
+    """torchvision ResNets (the authors' ImageNet code): new blocks of the network's type
+    (BasicBlock, or Bottleneck with ``width`` in planes, ×4 channels) → GAP → Linear, no BN."""
+    block = model.block_type
+    c_in, body = model.layer_channels[layer], []
+    for b in blocks:
+        body.append(resnet_block(block, c_in, b.width, b.stride))
+        c_in = b.width * block.expansion
+    return nn.Sequential(*body, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(c_in, num_classes))
+
+
+def vgg_aux_net(model: nn.Module, layer: int, blocks: list[AuxBlock],
+                num_classes: int) -> nn.Sequential:
+    """VGGs (the authors' ImageNet code): per block [2×2 max-pool if stride 2] → conv3×3 →
+    BN → ReLU; then Flatten → adaptive average pool of the flat vector to h → 2 × [Linear(h, h),
+    BN1d, ReLU] → Linear(h, classes), h = the widest layer (512 at width 64)."""
+    c_in, body = model.layer_widths[layer], []
+    for b in blocks:
+        pool = [nn.MaxPool2d(2, stride=2)] if b.stride == 2 else []
+        body += [*pool, nn.Conv2d(c_in, b.width, 3, padding=1), nn.BatchNorm2d(b.width),
+                 nn.ReLU(inplace=True)]
+        c_in = b.width
+    h = max(model.layer_widths)
+    mlp = [m for _ in range(2) for m in (nn.Linear(h, h), nn.BatchNorm1d(h), nn.ReLU())]
+    return nn.Sequential(*body, nn.Flatten(), nn.AdaptiveAvgPool1d(h), *mlp,
+                         nn.Linear(h, num_classes))
+
+
+AUX_NETS = {"cifar": cifar_aux_net, "basic": tv_resnet_aux_net,
+            "bottleneck": tv_resnet_aux_net, "vgg": vgg_aux_net}  # by model.aux_family
+
+
 def build_auglocal_aux(model: nn.Module, K: int, aux_depth: int, pyramid_coeff: float | None,
-                       num_classes: int) -> nn.ModuleDict:
+                       num_classes: int, *, sampling: str = "uniform",
+                       seed: int | None = None, reduce: bool = True) -> nn.ModuleDict:
     """AugLocal aux nets for ``model`` (anything with ``layer_widths``), keyed by str(layer).
 
-    Each net: (B, widths[l], H, W) → blocks of :func:`aux_plan` → logits (B, num_classes).
-    Blocks are new ``BasicBlock``s with the primary initialisation; nothing is shared.
+    Each net: (B, C_l, H, W) → blocks of :func:`model_aux_plan` → logits (B, num_classes),
+    built by the :data:`AUX_NETS` entry of ``model.aux_family`` (CIFAR ResNets have none).
+    Blocks are new, with the primary initialisation; nothing is shared.
     """
-    widths = model.layer_widths
-    nets = {}
-    for layer, blocks in aux_plan(widths, K, aux_depth, pyramid_coeff).items():
-        c_ins = [widths[layer]] + [b.width for b in blocks[:-1]]
-        body = [BasicBlock(c_in, b.width, b.stride) for c_in, b in zip(c_ins, blocks)]
-        nets[str(layer)] = nn.Sequential(
-            *body, auglocal_head(blocks[-1].width, num_classes, len(blocks)))
+    plan = model_aux_plan(model, K, aux_depth, pyramid_coeff, sampling=sampling, seed=seed,
+                          reduce=reduce)
+    build = AUX_NETS[getattr(model, "aux_family", "cifar")]
+    nets = {str(layer): build(model, layer, blocks, num_classes)
+            for layer, blocks in plan.items()}
     aux = nn.ModuleDict(nets)
     init_weights(aux)
     return aux
@@ -207,6 +291,16 @@ def layer_output_shapes(model: nn.Module, input_size: Sequence[int]) -> list[tup
     return shapes
 
 
+def module_ends(K: int, n_layers: int, method: str) -> range:
+    """Layers ``0 … K − 2``: where DGL, InfoPro and PredSim put their aux nets (no K − d
+    reduction); refuses K outside ``2 … n_layers``, naming ``method``."""
+    if not isinstance(K, int) or not 2 <= K <= n_layers:
+        raise ValueError(
+            f"{method} needs an integer 2 <= K <= {n_layers} (the number of layers), got K={K!r}"
+        )
+    return range(K - 1)
+
+
 def build_dgl_aux(model: nn.Module, K: int, num_classes: int,
                   input_size: Sequence[int]) -> nn.ModuleDict:
     """DGL aux nets on layers ``0 … K − 2`` of ``model``, keyed by str(layer).
@@ -214,15 +308,11 @@ def build_dgl_aux(model: nn.Module, K: int, num_classes: int,
     ``input_size`` is one input's (C, H, W); the spatial size each aux net sees comes from a
     dry forward of ``model.layers``.
     """
-    n_layers = len(model.layers)
-    if not isinstance(K, int) or not 2 <= K <= n_layers:
-        raise ValueError(
-            f"DGL needs an integer 2 <= K <= {n_layers} (the number of layers), got K={K!r}"
-        )
+    layers = module_ends(K, len(model.layers), "DGL")
     shapes = layer_output_shapes(model, input_size)
     aux = nn.ModuleDict({
         str(layer): dgl_aux_net(shapes[layer][0], shapes[layer][1:], num_classes)
-        for layer in range(K - 1)
+        for layer in layers
     })
     init_weights(aux)
     return aux
@@ -241,6 +331,15 @@ def _check_schedule(K_eff: int, aux_depth: int, pyramid_coeff: float | None) -> 
             f"pyramid_coeff={pyramid_coeff!r} must lie in [0, 1] (0.5 in the paper), "
             "or be None for no pyramid"
         )
+
+
+def _check_sampling(sampling: str, seed: int | None) -> None:
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"aux sampling {sampling!r} is unknown; choose one of "
+                         f"{', '.join(SAMPLINGS)}")
+    if (sampling == "random") != (seed is not None):
+        raise ValueError(f"aux sampling {sampling!r} with seed={seed!r}: 'random' needs an "
+                         "integer seed and the other rules take none (pass seed=None)")
 
 
 def _check_widths(widths: Sequence[int]) -> None:

@@ -45,7 +45,7 @@ import torch
 import torchvision
 from torch import nn
 
-from training.models import BLOCKS_PER_STAGE, ResNet, build_model
+from training.models import ARCHS, ResNet, arch_depth, build_model
 
 FORMAT = "auglocal-toolkit/checkpoint"
 FORMAT_VERSION = 2                 # the version this toolkit writes
@@ -73,9 +73,16 @@ STRUCTURE = {
 HEAVY_KEYS = ("state_dict", "aux_state_dict", "optimizer")  # left out of the metadata
 
 # Settings a resumed run must share with the checkpoint it continues (keys of its "config").
-RESUME_KEYS = ("method", "K", "aux_depth", "pyramid_coeff", "arch", "width", "dataset",
+RESUME_KEYS = ("method", "K", "aux_depth", "pyramid_coeff", "aux_rule", "arch", "width",
+               "image_size", "dataset",
                "subset", "subset_seed", "epochs", "warmup_epochs", "batch_size", "lr",
-               "momentum", "weight_decay", "seed")
+               "momentum", "weight_decay", "seed", "aux_sampling", "aux_seed", "aux_config",
+               "aux_loss", "lambda_x", "lambda_y", "beta")
+# Resume keys added after format version 2, with the value a checkpoint written before them
+# implies (the behaviour every run then had), so such checkpoints still resume.
+IMPLIED_RESUME_VALUES = {"aux_sampling": "uniform", "aux_seed": None, "aux_config": "1c2f",
+                         "aux_loss": "cross_entropy", "lambda_x": None, "lambda_y": None,
+                         "beta": 0.99}
 
 # Format version 1 → 2: old name → new name of keys in the "method" dict.
 _V1_METHOD_KEYS = {"tau": "pyramid_coeff"}
@@ -157,8 +164,9 @@ def _umask() -> int:
 
 
 def arch_config(name: str, model: ResNet, in_channels: int, num_classes: int) -> dict:
-    """The checkpoint's ``arch``: the registry name and every constructor argument."""
-    return {"name": name, "depth": int(name.removeprefix("resnet")),
+    """The checkpoint's ``arch``: the registry name and every constructor argument (``width``:
+    the first layer's channels, the base width of CIFAR and torchvision networks alike)."""
+    return {"name": name, "depth": arch_depth(name),
             "width": model.layer_widths[0], "in_channels": in_channels,
             "num_classes": num_classes}
 
@@ -198,10 +206,12 @@ def check_resume(config: dict, ckpt: dict, path: str | Path) -> None:
     """Refuse to continue checkpoint ``ckpt`` (read from ``path``) under other settings.
 
     ``config``: the new run's settings as a dict (``asdict(TrainConfig)``); every key of
-    :data:`RESUME_KEYS` must equal the one in ``ckpt["config"]``. Raises ValueError naming each
+    :data:`RESUME_KEYS` must equal the one in ``ckpt["config"]`` (where a checkpoint predates a
+    key, its :data:`IMPLIED_RESUME_VALUES` value, on either side). Raises ValueError naming each
     differing flag with both values.
     """
-    saved = ckpt.get("config", {})
+    saved = {**IMPLIED_RESUME_VALUES, **ckpt.get("config", {})}
+    config = {**IMPLIED_RESUME_VALUES, **config}
     clashes = [f"--{k.replace('_', '-')} {config.get(k)!r} (checkpoint: {saved.get(k)!r})"
                for k in RESUME_KEYS if saved.get(k) != config.get(k)]
     if clashes:
@@ -329,9 +339,9 @@ def checkpoint_meta(path: str | Path) -> dict:
 
 def model_from_arch(arch: dict) -> ResNet:
     """A fresh network of the checkpoint's ``arch``; refuses architectures not registered."""
-    if arch.get("name") not in BLOCKS_PER_STAGE:
+    if arch.get("name") not in ARCHS:
         raise CheckpointError(f"checkpoint architecture {arch.get('name')!r} is unknown; this "
-                              f"toolkit builds {', '.join(BLOCKS_PER_STAGE)}")
+                              f"toolkit builds {', '.join(ARCHS)}")
     return build_model(arch["name"], width=arch["width"], in_channels=arch["in_channels"],
                        num_classes=arch["num_classes"])
 

@@ -3,18 +3,25 @@
 A network is ``layers`` (the stem, then every residual block in order) followed by ``head``
 (global average pool → Linear). Layer ``i``'s module name is ``model.layer_names[i]``; these
 are the local-module boundaries of AugLocal and the default hook points of the analyses.
+:func:`build_model` also builds torchvision's ImageNet networks (:mod:`training.tv_models`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
+from training.tv_models import TV_ARCHS, TV_DEFAULT_WIDTH, TVResNet, TVVGG, build_tv_model
+
 # Residual blocks per stage for each registered depth (depth = 6n + 2).
 BLOCKS_PER_STAGE = {f"resnet{6 * n + 2}": n for n in (1, 2, 3, 5, 9, 18)}
+# Every architecture build_model knows: the CIFAR ResNets, then torchvision's (tv_models.py).
+ARCHS = (*BLOCKS_PER_STAGE, *TV_ARCHS)
+CIFAR_DEFAULT_WIDTH = 16
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -100,16 +107,29 @@ class ResNet(nn.Module):
         return self.head(self.layers(x))
 
 
-def build_model(arch: str, *, width: int = 16, in_channels: int = 3,
-                num_classes: int = 10) -> ResNet:
-    """Build a registered architecture, e.g. ``build_model("resnet32", in_channels=1)``."""
-    if arch not in BLOCKS_PER_STAGE:
-        raise ValueError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(BLOCKS_PER_STAGE)}"
-        )
+def default_width(arch: str) -> int:
+    """The base width of ``arch`` when none is given: 16 (CIFAR ResNets), 64 (torchvision)."""
+    return TV_DEFAULT_WIDTH if arch in TV_ARCHS else CIFAR_DEFAULT_WIDTH
+
+
+def arch_depth(arch: str) -> int:
+    """The depth in an architecture's name: ``resnet32`` → 32, ``tv_vgg13_bn`` → 13."""
+    return int(re.search(r"\d+", arch).group())
+
+
+def build_model(arch: str, *, width: int | None = None, in_channels: int = 3,
+                num_classes: int = 10) -> ResNet | TVResNet | TVVGG:
+    """Build a registered architecture (:data:`ARCHS`), e.g.
+    ``build_model("resnet32", in_channels=1)``; ``width=None``: :func:`default_width`."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    width = default_width(arch) if width is None else width
     if width < 1 or in_channels < 1 or num_classes < 2:
         raise ValueError(
             f"need width >= 1, in_channels >= 1 and num_classes >= 2, got width={width}, "
             f"in_channels={in_channels}, num_classes={num_classes}"
         )
+    if arch in TV_ARCHS:
+        return build_tv_model(arch, width=width, in_channels=in_channels,
+                              num_classes=num_classes)
     return ResNet(BLOCKS_PER_STAGE[arch], width, in_channels, num_classes)

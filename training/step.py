@@ -7,7 +7,9 @@ The loop in :mod:`training.train` is method-agnostic; a method is a *step* objec
   (the primary network plus any auxiliary networks);
 * ``step(x, y) -> StepOutput``: forward pass(es) and backward pass(es), no optimiser step;
 * ``step.aux_state_dict()`` / ``step.load_aux_state_dict(d)``: auxiliary weights for resuming
-  (``None`` / no-op when there are none).
+  (``None`` / no-op when there are none);
+* ``step.precision``: the :class:`training.precision.Precision` its forwards autocast under and
+  its backwards scale by; the loop steps the optimiser through ``step.precision.step``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from training.precision import FULL, Precision
 
 
 @dataclass(frozen=True)
@@ -28,14 +32,16 @@ class StepOutput:
 class BackpropStep:
     """End-to-end backprop: one forward, one cross-entropy loss, one backward."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, precision: Precision = FULL):
         self.model = model
         self.trainable = model
+        self.precision = precision
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
-        loss.backward()
+        with self.precision.autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+        self.precision.backward(loss)
         return StepOutput(loss.detach(), logits.detach())
 
     def aux_state_dict(self) -> dict | None:

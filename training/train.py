@@ -4,6 +4,9 @@
         --epochs 2 --batch-size 128 --lr 0.1 --seed 0 --out bp.pt
     python -m training.train --method auglocal --K 10 --aux-depth 2 --pyramid-coeff 0.5 ...
     python -m training.train --method dgl --K 10 ...
+    python -m training.train --method infopro --K 10 --lambda-x 5 0.2 --lambda-y 0.05 0.5 ...
+    python -m training.train --method predsim --K 10 --beta 0.99 ...
+    python -m training.train --method auglocal --aux-sampling random --aux-seed 3 ...
     python -m training.train --method auglocal ... --dry-run   # print the aux plan and costs
 
 One loop for every method: a method is a *step* (see :mod:`training.step`). Each epoch ends
@@ -45,26 +48,41 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training import data as datasets
-from training import distributed
-from training.auglocal import aux_plan, render_plan
+from training import distributed, models
+from training.auglocal import SAMPLINGS, model_aux_plan, render_plan
 from training.checkpoint import (CheckpointError, arch_config, atomic_torch_save, check_resume,
                                  checkpoint_dict, checkpoint_meta, read_checkpoint)
 from training.checks import Range, check_distinct, check_output, device_problem
 from training.distributed import SINGLE, World
-from training.local import METHODS, MethodConfig
+from training.infopro import AUX_CONFIGS, AUX_LOSSES
+from training.local import AUX_RULES, METHODS, MethodConfig, method_defaults, render_module_losses
 from training.memory import forward_macs, measure_step_memory
-from training.models import BLOCKS_PER_STAGE, ResNet, build_model
+from training.models import ARCHS, ResNet, build_model, default_width
+from training.precision import AMP_DTYPES, Precision, precision_problem
 from training.schedule import default_warmup_epochs, learning_rate
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = "bp"                 # bp | auglocal | dgl
+    method: str = "bp"                 # bp | auglocal | dgl | infopro | predsim
     K: int | None = None               # local modules requested (None: one per layer)
     aux_depth: int = 2                 # AugLocal's aux depth d
     pyramid_coeff: float | None = 0.5  # AugLocal's pyramid coefficient τ (None: constant d)
+    aux_sampling: str = "uniform"      # AugLocal's aux layers: uniform | nearest | random
+    aux_seed: int | None = None        # --aux-sampling random: its seed (None: --seed)
+    aux_config: str = "1c2f"           # InfoPro's aux classifier
+    aux_loss: str = "cross_entropy"    # InfoPro's task loss: cross_entropy | contrast
+    lambda_x: tuple[float, float] | None = None  # InfoPro's λ_x at the first and last aux
+    lambda_y: tuple[float, float] | None = None  # net, and λ_y (None: per arch and K)
+    beta: float = 0.99                 # PredSim's weight of the similarity loss
+    aux_rule: str | None = None        # AugLocal's module count: cifar (K − d) | imagenet
+                                       # (K); None: imagenet for tv_* archs, else cifar
     arch: str = "resnet20"
-    width: int = 16                    # base channels of the first stage
+    width: int | None = None           # base channels (None: 16, torchvision archs 64)
+    image_size: int | None = None      # imagefolder: crop side in pixels (None: 224)
+    workers: int = 4                   # imagefolder: DataLoader worker processes
+    amp: str | None = None             # mixed precision: bf16 | fp16 (CUDA) | None (fp32)
+    channels_last: bool = False        # NHWC memory layout of the model and batches
     dataset: str = "fashion-mnist"
     data_root: str | None = None
     subset: int | None = None          # class-balanced training subset size (None: all)
@@ -105,8 +123,10 @@ RANGES = {
     "batch_size": Range(int, 1), "lr": Range(float, 0, low_open=True),
     "momentum": Range(float, 0, 1, low_open=True, high_open=True),  # > 0: Nesterov
     "weight_decay": Range(float, 0), "warmup_epochs": Range(int, 0), "threads": Range(int, 1),
-    "eval_batch_size": Range(int, 1),
+    "eval_batch_size": Range(int, 1), "beta": Range(float, 0, 1),
+    "image_size": Range(int, 8), "workers": Range(int, 0),
 }
+LAMBDA = Range(float, 0)  # each of --lambda-x and --lambda-y's two values
 
 
 @dataclass(frozen=True)
@@ -133,8 +153,13 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
     problems = []
     if config.method not in METHODS:
         problems.append(f"--method {config.method!r}: choose one of {', '.join(METHODS)}")
-    if config.arch not in BLOCKS_PER_STAGE:
-        problems.append(f"--arch {config.arch!r}: choose one of {', '.join(BLOCKS_PER_STAGE)}")
+    if config.arch not in ARCHS:
+        problems.append(f"--arch {config.arch!r}: choose one of {', '.join(ARCHS)}")
+    if config.aux_rule not in (None, *AUX_RULES):
+        problems.append(f"--aux-rule {config.aux_rule!r}: choose one of {', '.join(AUX_RULES)}")
+    amp = precision_problem(config.amp, config.device)
+    if amp:
+        problems.append(amp)
     for field, allowed in RANGES.items():
         value = getattr(config, field)
         if value is not None and not allowed.admits(value):
@@ -145,14 +170,43 @@ def check_config(config: TrainConfig, world_size: int = 1) -> None:
     if (RANGES["epochs"].admits(config.epochs) and RANGES["warmup_epochs"].admits(config.warmup)
             and config.warmup > config.epochs):
         problems.append(f"--warmup-epochs {config.warmup}: must lie in [0, --epochs]")
+    for field in ("lambda_x", "lambda_y"):
+        pair = getattr(config, field)
+        if pair is not None and not (len(pair) == 2 and all(map(LAMBDA.admits, pair))):
+            problems.append(f"{_flag(field)} {pair}: must be two values (first and last aux "
+                            f"net), each {LAMBDA}")
     if config.resume and config.overwrite:
         problems.append("--resume and --overwrite contradict each other: pick one")
     if config.batch_size >= 1 and config.batch_size % world_size:
         problems.append(f"--batch-size {config.batch_size} is the global batch and must be "
                         f"divisible by the {world_size} processes; choose e.g. "
                         f"{max(config.batch_size // world_size, 1) * world_size}")
+    if not problems:
+        problems += method_problems(config)
     if problems:
         raise ValueError("invalid training settings: " + "; ".join(problems))
+
+
+def method_problems(config: TrainConfig) -> list[str]:
+    """What the method's settings cannot do on ``config.arch`` (its MethodConfig checks and,
+    for AugLocal, its aux plan), found on the model's layers built on the meta device: shapes
+    only, no weights, so nothing is allocated before every input is checked."""
+    with torch.device("meta"):
+        model = models.build_model(config.arch, width=config.width)
+    try:
+        method = method_config(config, len(model.layer_names))
+        if method.name == "auglocal":
+            method_plan(method, model)
+    except ValueError as err:
+        return [str(err)]
+    return []
+
+
+def method_plan(method: MethodConfig, model: nn.Module) -> dict:
+    """AugLocal's aux plan of ``method`` for ``model``."""
+    return model_aux_plan(model, method.K, method.aux_depth, method.pyramid_coeff,
+                          sampling=method.aux_sampling or "uniform", seed=method.aux_seed,
+                          reduce=method.aux_rule != "imagenet")
 
 
 def check_outputs(config: TrainConfig) -> None:
@@ -175,10 +229,21 @@ def check_outputs(config: TrainConfig) -> None:
 
 
 def method_config(config: TrainConfig, n_layers: int) -> MethodConfig:
-    """The method's settings; K defaults to one local module per layer."""
+    """The method's settings; K defaults to one local module per layer, the random sampling
+    seed to --seed, InfoPro's λ to its per-architecture defaults."""
     K = n_layers if config.K is None else config.K
     if config.method == "auglocal":
-        return MethodConfig("auglocal", K, config.aux_depth, config.pyramid_coeff)
+        random = config.aux_sampling == "random"
+        seed = (config.seed if config.aux_seed is None else config.aux_seed) if random else None
+        rule = config.aux_rule or ("cifar" if config.arch.startswith("resnet") else "imagenet")
+        return MethodConfig("auglocal", K, config.aux_depth, config.pyramid_coeff,
+                            aux_sampling=config.aux_sampling, aux_seed=seed, aux_rule=rule)
+    if config.method == "infopro":
+        return method_defaults("infopro", config.arch, K, aux_config=config.aux_config,
+                               aux_loss=config.aux_loss, lambda_x=config.lambda_x,
+                               lambda_y=config.lambda_y)
+    if config.method == "predsim":
+        return MethodConfig("predsim", K, beta=config.beta)
     return MethodConfig("dgl", K) if config.method == "dgl" else MethodConfig("bp")
 
 
@@ -206,13 +271,14 @@ def train_epoch(step, optimizer: torch.optim.Optimizer,
     start = time.perf_counter()
     for i, (x, y) in enumerate(batches):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x = step.precision.layout(x)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(i)
         optimizer.zero_grad(set_to_none=True)
         out = step(x, y)   # every backward of the step, local methods included
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(out.loss), i, first_bad)
         distributed.average_gradients(step.trainable, world)
-        optimizer.step()
+        step.precision.step(optimizer)  # through the loss scaler under --amp fp16
         loss_sum += out.loss * len(y)
         correct += (out.logits.argmax(1) == y).sum()
         seen += len(y)
@@ -244,9 +310,14 @@ def evaluate(model: ResNet, data: datasets.ImageSet, *, batch_size: int,
     return loss_sum / len(data), correct / len(data)
 
 
-def load_data(config: TrainConfig) -> tuple[datasets.ImageSet, datasets.ImageSet]:
-    train = datasets.load_split(config.dataset, "train", data_root=config.data_root)
-    test = datasets.load_split(config.dataset, "test", data_root=config.data_root)
+def load_data(config: TrainConfig) -> tuple[datasets.ImageSet | datasets.FolderSet, ...]:
+    """(train, test) splits; an image folder's are loaded by --workers processes, into pinned
+    memory when training on a GPU."""
+    pin = torch.device(config.device).type == "cuda"
+    folder = {"image_size": config.image_size, "workers": config.workers,
+              "pin_memory": pin} if config.dataset == "imagefolder" else {}
+    train = datasets.load_split(config.dataset, "train", data_root=config.data_root, **folder)
+    test = datasets.load_split(config.dataset, "test", data_root=config.data_root, **folder)
     if config.subset is not None:
         train = datasets.take(train, datasets.balanced_subset(train.labels, config.subset,
                                                               config.subset_seed))
@@ -305,8 +376,9 @@ def describe(config: TrainConfig, method: MethodConfig, step, info) -> str:
              f"({info.channels}×{info.image_size}×{info.image_size}), "
              f"method {method.name} ({settings or 'one module'})"]
     if method.name == "auglocal":
-        plan = aux_plan(model.layer_widths, method.K, method.aux_depth, method.pyramid_coeff)
-        lines.append(render_plan(plan, model.layer_widths))
+        lines.append(render_plan(method_plan(method, model), model.layer_widths))
+    elif method.name in ("infopro", "predsim"):
+        lines.append(render_module_losses(method, step.aux))
     device = next(model.parameters()).device
     x = torch.zeros(2, info.channels, info.image_size, info.image_size, device=device)
     y = torch.zeros(2, dtype=torch.long, device=device)
@@ -325,6 +397,7 @@ def train(config: TrainConfig) -> dict:
 
     Under torchrun every process calls this (see :mod:`training.distributed`); rank 0 returns
     the metrics, the other ranks only those of the epochs they resumed from."""
+    config = replace(config, width=config.width or default_width(config.arch))
     check_config(config, distributed.world_from_env().world_size)
     if not config.dry_run:
         check_outputs(config)
@@ -340,13 +413,16 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
     say = print if world.is_main else (lambda *args, **kwargs: None)
     if config.threads:
         torch.set_num_threads(config.threads)
-    info = datasets.dataset_info(config.dataset)
+    info = datasets.dataset_info(config.dataset, config.data_root, config.image_size)
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, width=config.width, in_channels=info.channels,
-                        num_classes=info.num_classes).to(device)
+    precision = Precision(config.amp, config.channels_last, device.type)
+    model = precision.layout(build_model(config.arch, width=config.width,
+                                         in_channels=info.channels,
+                                         num_classes=info.num_classes).to(device))
     method = method_config(config, len(model.layer_names))
     step = method.build_step(model, num_classes=info.num_classes,
-                             input_size=(info.channels, info.image_size, info.image_size))
+                             input_size=(info.channels, info.image_size, info.image_size),
+                             normalisation=(info.mean, info.std), precision=precision)
     if config.dry_run:
         say(describe(config, method, step, info))
         return {"epochs": []}
@@ -445,7 +521,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default=defaults.method, choices=METHODS,
-                   help="bp (backprop), auglocal (Ma et al. 2024) or dgl (DGL-style local)")
+                   help="bp (backprop), auglocal (Ma et al. 2024), dgl (DGL-style local), "
+                   "infopro (Wang et al. 2021) or predsim (Nøkland & Eidnes 2019)")
     p.add_argument("--K", **number("K"), help="local modules (default: one per layer; "
                    "AugLocal trains K − aux-depth of them by aux nets, as the authors' code "
                    "does)")
@@ -454,11 +531,41 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--pyramid-coeff", **number("pyramid_coeff"),
                    help="AugLocal: pyramid coefficient τ of the pyramidal depth "
                    "schedule (0.5; 0: constant)")
-    p.add_argument("--arch", default=defaults.arch, choices=list(BLOCKS_PER_STAGE))
+    p.add_argument("--aux-sampling", default=defaults.aux_sampling, choices=SAMPLINGS,
+                   help="AugLocal: the later layers each aux net mirrors: uniform (the "
+                   "paper's), nearest (the next d) or random (seeded; ablations)")
+    p.add_argument("--aux-seed", type=int, help="--aux-sampling random: its seed (--seed)")
+    p.add_argument("--aux-config", default=defaults.aux_config, choices=AUX_CONFIGS,
+                   help="InfoPro: aux classifier, <convs>c<linears>f (1c2f)")
+    p.add_argument("--aux-loss", default=defaults.aux_loss, choices=AUX_LOSSES,
+                   help="InfoPro: task loss of the aux classifier (cross_entropy)")
+    for name in ("x", "y"):
+        p.add_argument(f"--lambda-{name}", nargs=2, type=LAMBDA.parse,
+                       metavar=("FIRST", "LAST"),
+                       help=f"InfoPro: λ_{name} at the first and the last aux net, linear "
+                       "between (default: the authors' per architecture and K)")
+    p.add_argument("--beta", **number("beta"),
+                   help="PredSim: weight β of the similarity loss in (1 − β)·pred + β·sim")
+    p.add_argument("--aux-rule", choices=AUX_RULES,
+                   help="AugLocal's module count: cifar (K − aux-depth modules, the CIFAR "
+                   "code's) or imagenet (K, the ImageNet code's); default: imagenet for the "
+                   "tv_* architectures, cifar otherwise")
+    p.add_argument("--arch", default=defaults.arch, choices=list(ARCHS),
+                   help="CIFAR ResNets (resnet<6n+2>) or torchvision's ImageNet networks (tv_*)")
     p.add_argument("--width", **number("width"),
-                   help="base channels (first stage; later stages 2× and 4×)")
+                   help="base channels (first stage; later stages 2×, 4× (and 8×); default "
+                   "16, for tv_* 64 = torchvision's)")
+    p.add_argument("--image-size", **number("image_size"),
+                   help="imagefolder: side of the training and evaluation crops (224)")
+    p.add_argument("--workers", **number("workers"),
+                   help="imagefolder: DataLoader worker processes (4)")
+    p.add_argument("--amp", choices=list(AMP_DTYPES),
+                   help="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA, with loss scaling)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last (NHWC) memory layout, for GPU tensor cores")
     p.add_argument("--dataset", default=defaults.dataset, choices=list(datasets.DATASETS))
     p.add_argument("--data-root", help="folder with the dataset files (CIFAR-10/SVHN/STL-10; "
+                   "imagefolder: train/ and val/ with a subfolder per class; "
                    "Fashion-MNIST defaults to Debian's /usr/share/datasets/fashion-mnist)")
     p.add_argument("--subset", **number("subset"),
                    help="train on a class-balanced subset of N images")
@@ -486,6 +593,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--dry-run", action="store_true",
                    help="print the aux plan and parameter/MAC counts, then exit")
     args = vars(p.parse_args(argv))
+    for name in ("lambda_x", "lambda_y"):
+        args[name] = None if args[name] is None else tuple(args[name])
     return replace(defaults, **args)
 
 

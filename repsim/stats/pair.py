@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from repsim.measures.cka import LinearCKA, RBFCKA, prepared_pair
