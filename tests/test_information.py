@@ -192,14 +192,15 @@ def test_information_cli_refuses_bad_budgets(tmp_path, capsys):
 
 
 def test_report_sections_link_the_files_they_ran(tiny_checkpoints, tmp_path, monkeypatch):
-    from analyses import report
+    from analyses import report, report_sections
 
-    monkeypatch.setattr(report, "REPORT_INFORMATION", {"n_train": 200, "n_test": 60, "steps": 2})
+    monkeypatch.setattr(report_sections, "REPORT_INFORMATION",
+                        {"n_train": 200, "n_test": 60, "steps": 2})
     settings = report.Settings(ckpt=(str(tiny_checkpoints["a"]), str(tiny_checkpoints["b"])),
                                n_train=300, n_test=120, cache=str(tmp_path / "cache"))
     out = tmp_path / "report"
     out.mkdir()
-    text = "\n".join(report.depth_sections(settings, out, out))
+    text = "\n".join(report_sections.depth_sections(settings, out, out))
     for link in ("geometry/geometry.png", "information/information.png",
                  "information/reconstructions/a.png"):
         assert f"]({link})" in text and (out / link).exists()

@@ -1,14 +1,14 @@
 """analyses.report's local-learning sections: aux nets, gradient alignment, stitching."""
 import csv
 
-from analyses import report
+from analyses import report, report_sections
 from training.train import TrainConfig, train
 
 
 def test_report_has_the_local_learning_sections(tiny_checkpoints, tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "REPORT_AUX", {"n_train": 200, "n_test": 100})
-    monkeypatch.setattr(report, "REPORT_GRADALIGN", {"batches": 2, "batch_size": 16})
-    monkeypatch.setattr(report, "REPORT_STITCH", {"steps": 2, "n_train": 64, "n_test": 100})
+    monkeypatch.setattr(report_sections, "REPORT_AUX", {"n_train": 200, "n_test": 100})
+    monkeypatch.setattr(report_sections, "REPORT_GRADALIGN", {"batches": 2, "batch_size": 16})
+    monkeypatch.setattr(report_sections, "REPORT_STITCH", {"steps": 2, "n_train": 64, "n_test": 100})
     dgl = tmp_path / "dgl.pt"
     train(TrainConfig(method="dgl", K=3, arch="resnet8", width=4, dataset="digits", epochs=1,
                       subset=64, batch_size=64, out=str(dgl), progress=False))
