@@ -1,6 +1,7 @@
 # make setup: .venv with the toolkit and its test dependencies (+ Fashion-MNIST when root)
 # make test:  setup, then the test suite
 # make demo:  setup, then the main job on the embedded Fashion-MNIST
+# make reproduce: setup, then the paper's findings with verdicts (docs/reproduction.md)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 DEMO_OUT ?= demo-out
 
-.PHONY: setup test demo dataset clean
+.PHONY: setup test demo reproduce dataset clean
 
 setup: $(STAMP) dataset
 
@@ -48,6 +49,15 @@ demo: setup
 	$(PY) -m analyses.report --ckpt bp=$(DEMO_OUT)/bp.pt,$(DEMO_OUT)/bp_seed1.pt \
 	  auglocal=$(DEMO_OUT)/auglocal.pt dgl=$(DEMO_OUT)/dgl.pt --n 1000 --n-train 5000 --n-test 1000 \
 	  --cache $(DEMO_OUT)/acts --out $(DEMO_OUT)/report --overwrite --threads 2
+
+# The paper's representation findings with verdicts (analyses.reproduce, cpu preset: ResNet-32,
+# K = 16, five methods × 3 seeds on Fashion-MNIST, at most 90 minutes on 2 cores). Finished runs
+# are reused (--resume); the document and its figures are published to docs/.
+REPRODUCE_OUT ?= reproduce-out
+
+reproduce: setup
+	$(PY) -m analyses.reproduce --preset cpu --out $(REPRODUCE_OUT) --threads 2 --resume \
+	  --publish docs
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

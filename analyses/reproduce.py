@@ -57,6 +57,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from analyses import aux, cka, geometry, gradalign, information, probe, report
+from analyses import report_sections
 from analyses.activations import activations_of
 from analyses.cli import SettingsParser, positive, run_cli, write_settings
 from analyses.paths import run_folder
@@ -75,6 +76,7 @@ UNCLEAR = "not distinguishable at this scale"
 MARKER = "reproduce.json"  # in --out: the preset and settings of the reproduction it holds
 WRITTEN = {MARKER, "runs", "acts", "analyses", "determinism", "reproduction.md",
            "reproduction.json"}  # everything a reproduction writes in --out
+STAGING = re.compile(r"\.analyses\.[0-9a-f]{12}\.(tmp|old)")  # left by a killed run_folder
 LEVEL = 0.95                 # of every interval
 ACCURACY_MARGIN = 0.01       # "near BP": AugLocal's accuracy at most 1 point below BP's
 MEMORY_SAVING = 0.30         # "~40 % saving": at least 30 % less step memory than BP
@@ -241,12 +243,11 @@ def seeds_needed(layers: int, alpha: float = ALPHA) -> int:
 
 def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict:
     """Mean of ``a`` − mean of ``b`` (seeds of two methods) with Welch's t-test: its
-    ``level`` interval and two-sided p (NaN where both vary by nothing)."""
+    ``level`` interval and two-sided p (NaN where neither varies over its seeds: no test)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     difference = float(a.mean() - b.mean())
     if a.std() == 0 and b.std() == 0:
-        return {"difference": difference, "low": difference, "high": difference,
-                "p": 0.0 if difference else 1.0}
+        return {"difference": difference, "low": math.nan, "high": math.nan, "p": math.nan}
     result = scipy_stats.ttest_ind(a, b, equal_var=False)
     interval = result.confidence_interval(level)
     return {"difference": difference, "low": float(interval.low),
@@ -403,7 +404,7 @@ def analyse(arch: str, runs: Mapping[str, Sequence[TrainConfig]], settings: Sett
     preset = PRESETS[settings.preset]
     files = {m: [c.out for c in configs] for m, configs in runs.items()}
     entries = tuple(f"{m}={','.join(f)}" for m, f in files.items())
-    everything = tuple(f for f in files.values() for f in f)
+    everything = tuple(f for group in files.values() for f in group)
     common = {"cache": str(cache), "data_root": settings.data_root, "device": settings.device}
     plain = {"data_root": settings.data_root, "device": settings.device}
     stage.mkdir()
@@ -435,10 +436,11 @@ def analyse(arch: str, runs: Mapping[str, Sequence[TrainConfig]], settings: Sett
         procrustes=robust, probe_acc=per_method, rel_depth=np.array(curve.rel_depth),
         layers=tuple(curve.layers), stems=comparison.stems,
         sections={"probe": report.probe_table(probes),
-                  "aux": report.aux_section(aux_rows),
-                  "gradalign": report.gradalign_section(alignments),
-                  "geometry": report.geometry_section(shapes),
-                  "information": report.information_section(info, Path(files["bp"][0]).stem)})
+                  "aux": report_sections.aux_section(aux_rows),
+                  "gradalign": report_sections.gradalign_section(alignments),
+                  "geometry": report_sections.geometry_section(shapes),
+                  "information": report_sections.information_section(
+                      info, Path(files["bp"][0]).stem)})
 
 
 def procrustes_groups(files: Mapping[str, Sequence[str]], n: int, common: dict,
@@ -529,16 +531,15 @@ def tests_lines(tests: Mapping[str, dict], deep_layers: Sequence[str]) -> list[s
 def cka_section(result: ArchResult, found: dict, prefix: str) -> list[str]:
     groups = result.cka
     c = found["cka"]
-    m = len(groups.layers)
-    floor = min((t.smallest_p for t in groups.tests), default=1.0)
-    power = (f"With {result.cka.groups['auglocal'].values.shape[1]} seeds per method a "
-             f"two-sided seed-label test over {m} layers cannot reach Holm p ≤ {ALPHA} "
-             f"(smallest p {floor:.2g}, × {m} layers); it can from "
-             f"{seeds_needed(m)} seeds per method (`--seeds {seeds_needed(m)}`)."
-             if m * floor > ALPHA else "")
+    m, seeds = len(groups.layers), groups.groups["auglocal"].values.shape[1]
+    floor = 2 / math.comb(2 * seeds, seeds)  # two-sided, J against J seeds
+    power = (f"With {seeds} seeds per method the two-sided seed-label test cannot reach Holm "
+             f"p ≤ {ALPHA} over {m} layers (smallest p 2/C({2 * seeds}, {seeds}) = "
+             f"{floor:.2g}, × {m}); it can from {seeds_needed(m)} seeds per method "
+             f"(`--seeds {seeds_needed(m)}`)." if m * floor > ALPHA else "")
     maps = [f"![bp vs {label}]({prefix}cka/{stem}.png)" for label, stem in result.stems.items()]
     return [f"![layer-matched CKA]({prefix}cka/layer_matched.png)\n",
-            report.layer_table(list(groups.layers), cka.seed_group_table(groups)), "",
+            report_sections.layer_table(list(groups.layers), cka.seed_group_table(groups)), "",
             verdict_text(c["verdict"]) + " Per baseline: " +
             ", ".join(f"{b}: {v}" for b, v in c["per_baseline"].items()) + ". " + power, "",
             *tests_lines(c["tests"], c["deep_layers"]), "",
@@ -585,8 +586,8 @@ RULES = {
            "reproduced if it is not for one.",
     "separability": "For each baseline, per early layer (relative depth ≤ 1/3) Welch's t-test "
                     "over seeds of the linear-probe accuracy, Holm over the early layers, of "
-                    "baseline − BP (greedy) and of baseline − AugLocal (AugLocal BP-like); each "
-                    "part judged as the CKA rule judges a test, and combined as it combines "
+                    "baseline − BP (greedy) and of baseline − AugLocal (AugLocal BP-like); "
+                    "each part judged as the CKA rule judges a test, and combined as it combines "
                     "the baselines.",
 }
 TITLES = {"accuracy": "Accuracy near BP with many local modules",
@@ -600,18 +601,23 @@ def document(settings: Settings, results: Sequence[ArchResult], found: dict[str,
     """``reproduction.md``: the run, a summary of verdicts, one section per claim (per
     architecture), the further analyses and the determinism check."""
     preset = PRESETS[settings.preset]
-    train = preset["train"]
+    schedule = preset["train"]
     det = run_info["determinism"]
     archs = ", ".join(f"{a} (K = {k}, d = {d}, τ = {t})" for a, (k, d, t) in
                       preset["archs"].items())
+    training = sum(row["train_seconds"] for r in results for rows in r.rows.values()
+                   for row in rows)
     lines = ["# Reproducing AugLocal's representation findings\n",
              f"Generated by `python -m analyses.reproduce --preset {settings.preset}` "
              f"(commit {run_info['commit']}; wall time of this invocation "
-             f"{run_info['wall_seconds'] / 60:.1f} min; {run_info['threads']} CPU threads; "
-             f"device {settings.device}). Networks: {archs}, width {train['width']}, on "
-             f"{train['dataset']} ({train['subset'] or 'all'} training images, the same for "
-             f"every network), {train['epochs']} epochs, batch {train['batch_size']}, peak "
-             f"lr {train['lr']}; {settings.n_seeds} seeds per method (BP, AugLocal, DGL, "
+             f"{run_info['wall_seconds'] / 60:.1f} min; the training loops of all runs took "
+             f"{training / 60:.1f} min in all, earlier invocations included; "
+             f"{run_info['threads']} CPU threads; device {settings.device}). Networks: "
+             f"{archs}, width "
+             f"{schedule['width']}, on {schedule['dataset']} ({schedule['subset'] or 'all'} "
+             "training images, the same for every network), "
+             f"{schedule['epochs']} epochs, batch {schedule['batch_size']}, peak lr "
+             f"{schedule['lr']}; {settings.n_seeds} seeds per method (BP, AugLocal, DGL, "
              "InfoPro, PredSim), each network its own seed. BP is the reference of every "
              "comparison. Verdicts: reproduced, not reproduced, or not distinguishable at "
              "this scale, each by the rule stated in its section.\n",
@@ -665,7 +671,7 @@ def prepare_out(settings: Settings) -> Path:
             raise OutputError(f"--out {out} holds files that are not a reproduction's "
                               f"({', '.join(held[:3])}{', …' if len(held) > 3 else ''}), which "
                               "are never used or replaced; choose a new or empty folder")
-        other = sorted(set(held) - WRITTEN)
+        other = sorted(name for name in set(held) - WRITTEN if not STAGING.fullmatch(name))
         if other:
             raise OutputError(f"--out {out} holds files a reproduction did not write "
                               f"({', '.join(other[:3])}); move them elsewhere or choose "
