@@ -17,11 +17,11 @@ from repsim import plot
 from training import checkpoint_meta
 
 # the local-learning sections' budgets (full settings: the commands' own flags)
-REPORT_AUX = {"n_train": 1000, "n_test": 500}
+REPORT_AUX = {"n_train": 500, "n_test": 300}
 REPORT_GRADALIGN = {"batches": 4, "batch_size": 64}
-REPORT_STITCH = {"steps": 10, "n_train": 500, "n_test": 500}
+REPORT_STITCH = {"steps": 10, "n_train": 256, "n_test": 300}
 # information along depth: decoders and probes on a subset (full budget: its own flags)
-REPORT_INFORMATION = {"n_train": 500, "n_test": 300, "steps": 40}
+REPORT_INFORMATION = {"n_train": 300, "n_test": 200, "steps": 25}
 
 
 def layer_table(layers: list[str], columns: dict[str, list[float | str]]) -> str:
