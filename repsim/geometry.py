@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from repsim.measures.pairing import check_provenance
 from repsim.probe.features import ProbeError, StreamedFeatures, check_finite, feature_width
-from repsim.sources import ActivationSource, as_source
+from repsim.sources import ActivationSource, as_source, check_layer_names
 from repsim.stats.intervals import check_level, wilson_interval
 
 if TYPE_CHECKING:
@@ -287,7 +287,7 @@ def layer_geometry(train: Any, test: Any, *, reduction: str = "gap",
     check_provenance((train, "train"), (test, "test"),
                      {"dataset": "measure two splits of one dataset", "split": None},
                      error=GeometryError)
-    names = _check_layers(train, test, layers)
+    names = check_layer_names(train, test, layers, GeometryError, "measure")
     y_train, y_test = (_labels_of(s, role) for s, role in ((train, "train"), (test, "test")))
     order = list(test.layers)
     rows = []
@@ -305,19 +305,6 @@ def layer_geometry(train: Any, test: Any, *, reduction: str = "gap",
             trace_ratio=trace_ratio(x_test, y_test), ncc_acc=ncc, ncc_low=float(low),
             ncc_high=float(high), n_train=x_train.n, n_test=x_test.n))
     return GeometryTable(tuple(rows), reduction, level)
-
-
-def _check_layers(train: ActivationSource, test: ActivationSource,
-                  layers: Sequence[str] | None) -> list[str]:
-    names = list(test.layers) if layers is None else list(layers)
-    if not names:
-        raise GeometryError("no layers to measure: layers is empty")
-    for role, source in (("train", train), ("test", test)):
-        missing = [name for name in names if name not in source.layers]
-        if missing:
-            raise GeometryError(f"layer(s) {missing} are not in the {role} set, which has "
-                                f"{list(source.layers)}; extract them or pass layers=[...]")
-    return names
 
 
 def _labels_of(source: ActivationSource, role: str) -> np.ndarray:

@@ -18,7 +18,7 @@ dict once, so every analysis accepts dicts as a convenience.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -177,6 +177,23 @@ def as_source(obj: Any, role: str) -> ActivationSource:
         raise TypeError(f"{role} must be a dict name → (n, p) array or an activation source "
                         f"(ActivationFile, ActivationSet); got {type(obj).__name__}")
     return obj
+
+
+def check_layer_names(train: ActivationSource, test: ActivationSource,
+                      layers: Sequence[str] | None, error: type[Exception],
+                      verb: str) -> list[str]:
+    """``layers`` (None: all of ``train``'s), each of which both sets must hold; otherwise
+    ``error`` naming the missing layers and the set's own, or that there is nothing to
+    ``verb`` (e.g. "probe")."""
+    names = list(train.layers) if layers is None else list(layers)
+    if not names:
+        raise error(f"no layers to {verb}: layers is empty")
+    for role, source in (("train", train), ("test", test)):
+        missing = [name for name in names if name not in source.layers]
+        if missing:
+            raise error(f"layer(s) {missing} are not in the {role} set, which has "
+                        f"{list(source.layers)}; extract them or pass layers=[...]")
+    return names
 
 
 def check_block_rows(block_rows: Any, error: type[Exception] = SourceError) -> int:

@@ -46,7 +46,7 @@ from repsim.probe.features import (
     feature_width,
 )
 from repsim.probe.memory import probe_block_rows, projection_block_rows
-from repsim.sources import ActivationSet, ActivationSource
+from repsim.sources import ActivationSet, ActivationSource, check_layer_names
 from repsim.stats.intervals import check_level, wilson_interval
 
 if TYPE_CHECKING:
@@ -265,15 +265,7 @@ def _check_pair(train: ActivationSource, test: ActivationSource,
         raise ProbeError(f"test labels {unseen.tolist()} never occur in the train split "
                          f"(train classes {np.unique(y_train).tolist()}); the label sets must "
                          "match: were the files made from different datasets or label maps?")
-    names = list(train.layers) if layers is None else list(layers)
-    if not names:
-        raise ProbeError("no layers to probe: layers is empty")
-    for role, source in (("train", train), ("test", test)):
-        missing = [name for name in names if name not in source.layers]
-        if missing:
-            raise ProbeError(f"layer(s) {missing} are not in the {role} set, which has "
-                             f"{list(source.layers)}; extract them or pass layers=[...]")
-    return names
+    return check_layer_names(train, test, layers, ProbeError, "probe")
 
 
 def _check_disjoint(train: ActivationSource, test: ActivationSource, split_train: Any,
