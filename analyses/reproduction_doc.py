@@ -79,16 +79,16 @@ def memory_section(found: dict) -> list[str]:
             f"pairs; the rule asks at least {MEMORY_SAVING:.0%}). Other methods: {others}."]
 
 
-def tests_lines(tests: Mapping[str, dict], deep_layers: Sequence[str]) -> list[str]:
-    """Per baseline, the middle and deep layers where its test is significant, with p."""
+def tests_lines(tests: Mapping[str, dict]) -> list[str]:
+    """Per baseline, the layers where its test is significant, with the difference and p."""
     lines = []
     for b, t in tests.items():
-        hits = [f"{short} ({s:+.3f}, p = {p:.2g})" for l, short, s, p in
-                zip(t["layers"], plot.short_labels(t["layers"]), t["statistic"],
-                    t["p_adjusted"]) if l in deep_layers and p <= ALPHA]
+        hits = [f"{short} ({s:+.3f}, p = {p:.2g})" for short, s, p in
+                zip(plot.short_labels(t["layers"]), t["statistic"], t["p_adjusted"])
+                if p <= ALPHA]
         lines.append(f"* auglocal vs {b}: " + (", ".join(hits) if hits else
                                                   "no middle or deep layer significant") +
-                     f" ({t['test']}, Holm over {len(t['layers'])} layers)")
+                     f" ({t['test']})")
     return lines
 
 
@@ -97,20 +97,25 @@ def cka_section(result: ArchResult, found: dict, prefix: str) -> list[str]:
     c = found["cka"]
     m, seeds = len(groups.layers), groups.groups["auglocal"].values.shape[1]
     floor = 2 / math.comb(2 * seeds, seeds)  # two-sided, J against J seeds
-    power = (f"With {seeds} seeds per method the two-sided seed-label test cannot reach Holm "
-             f"p ≤ {ALPHA} over {m} layers (smallest p 2/C({2 * seeds}, {seeds}) = "
-             f"{floor:.2g}, × {m}); it can from {seeds_needed(m)} seeds per method "
-             f"(`--seeds {seeds_needed(m)}`)." if m * floor > ALPHA else "")
+    exact = ("The exact seed-label permutation tests of `analyses.cka` (every layer, in "
+             f"`{prefix}cka/tests.csv`) make no assumption of normality but cannot reach Holm "
+             f"p ≤ {ALPHA} over {m} layers with {seeds} seeds per method (smallest p "
+             f"2/C({2 * seeds}, {seeds}) = {floor:.2g}, × {m}); they can from "
+             f"{seeds_needed(m)} seeds (`--seeds {seeds_needed(m)}`)." if m * floor > ALPHA
+             else f"The exact seed-label permutation tests of every layer: "
+             f"`{prefix}cka/tests.csv`.")
     maps = [f"![bp vs {label}]({prefix}cka/{stem}.png)" for label, stem in result.stems.items()]
     return [f"![layer-matched CKA]({prefix}cka/layer_matched.png)\n",
             report_sections.layer_table(list(groups.layers), cka.seed_group_table(groups)), "",
             verdict_text(c["verdict"]) + " Per baseline: " +
-            ", ".join(f"{b}: {v}" for b, v in c["per_baseline"].items()) + ". " + power, "",
-            *tests_lines(c["tests"], c["deep_layers"]), "",
-            "Every layer's verdict: `" + prefix + "cka/tests.csv`. The same comparison under "
-            f"Procrustes distance (gap features): **{c['procrustes_verdict']}**.\n",
+            ", ".join(f"{b}: {v}" for b, v in c["per_baseline"].items()) + ".", "",
+            "Differences of mean CKA to BP (AugLocal − baseline) where significant:", "",
+            *tests_lines(c["tests"]), "", exact, "",
+            "The same comparison under Procrustes distance (gap features; differences in "
+            f"\"more alike\" units, baseline − AugLocal distance): "
+            f"**{c['procrustes_verdict']}**.\n",
             f"![Procrustes distance]({prefix}procrustes/layer_matched.png)\n",
-            *tests_lines(c["procrustes_tests"], c["deep_layers"]), "",
+            *tests_lines(c["procrustes_tests"]), "",
             "CKA maps of the first seeds (rows: BP's layers):\n", " ".join(maps), ""]
 
 
@@ -128,7 +133,7 @@ def separability_section(result: ArchResult, found: dict, prefix: str) -> list[s
              ", ".join(f"{b}: {v}" for b, v in s["per_baseline"].items()) + ".", "",
              f"Early layers ({', '.join(short[l] for l in s['early_layers'])}), differences "
              "in points with Holm-adjusted p (Welch t-test over seeds per layer, Holm over "
-             "the early layers):"]
+             "every early layer of both parts for every baseline):"]
     for b in BASELINES:
         lines += [f"* {b} − bp (greedy if positive): {cells(s['greedy'][b])}",
                   f"* {b} − auglocal (AugLocal less greedy if positive): "
@@ -144,18 +149,20 @@ RULES = {
               "parameters, gradients and momentum of one training step at the training batch, "
               "`training.memory`), over all seed pairs: reproduced if the whole range is at "
               "least 30 %, not reproduced if below, otherwise not distinguishable.",
-    "cka": "For each baseline (DGL, InfoPro, PredSim), the seed-label permutation test of "
-           "AugLocal vs the baseline per layer (`analyses.cka`, Holm over all layers) at the "
-           "middle and deep layers (relative depth > 1/3): reproduced if AugLocal is "
-           "significantly (p ≤ 0.05) more like BP at one layer or more and significantly less "
-           "at none, not reproduced if significantly less at some layer, otherwise not "
-           "distinguishable; the claim is reproduced if it is for every baseline and not "
-           "reproduced if it is not for one.",
-    "separability": "For each baseline, per early layer (relative depth ≤ 1/3) Welch's t-test "
-                    "over seeds of the linear-probe accuracy, Holm over the early layers, of "
-                    "baseline − BP (greedy) and of baseline − AugLocal (AugLocal BP-like); "
-                    "each part judged as the CKA rule judges a test, and combined as it combines "
-                    "the baselines.",
+    "cka": "Per middle and deep layer (relative depth > 1/3) and baseline (DGL, InfoPro, "
+           "PredSim), Welch's t-test over seeds of AugLocal − baseline in layer-matched CKA to "
+           "BP (each seed's CKA averaged over BP's seeds), Holm over all these tests at once. "
+           "Per baseline: reproduced if AugLocal is significantly (adjusted p ≤ 0.05) more "
+           "like BP at one layer or more and significantly less at none, not reproduced if "
+           "significantly less at some layer, otherwise not distinguishable; the claim is "
+           "reproduced if it is for every baseline and not reproduced if it is not for one. "
+           "When the methods do not differ, a verdict other than not distinguishable comes "
+           "with probability ≤ 0.05 (simulated in `tests/test_reproduce.py`).",
+    "separability": "Per early layer (relative depth ≤ 1/3) and baseline, Welch's t-test over "
+                    "seeds of the linear-probe accuracy of baseline − BP (greedy) and of "
+                    "baseline − AugLocal (AugLocal BP-like), Holm over all these tests at "
+                    "once; each part judged as the CKA rule judges a test, and combined as it "
+                    "combines the baselines.",
 }
 TITLES = {"accuracy": "Accuracy near BP with many local modules",
           "memory": "About 40 % less memory than BP",

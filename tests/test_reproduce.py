@@ -131,16 +131,100 @@ def layer_test(statistic, p_adjusted, second="dgl"):
                      p_adjusted=p, test="constructed", smallest_p=0.0)
 
 
-def test_cka_verdict_reads_only_the_middle_and_deep_layers():
-    deep = np.array([False, True, True])
-    early_against = layer_test([-0.3, 0.1, 0.1], [0.001, 0.01, 0.2])
-    assert verdicts.cka_verdict({"dgl": early_against}, deep) == REPRODUCED
-    assert verdicts.cka_verdict({"dgl": early_against,
-                                  "infopro": layer_test([0, -0.1, 0], [1, 0.01, 1])},
-                                 deep) == NOT_REPRODUCED
-    assert verdicts.cka_verdict({"dgl": early_against,
-                                  "infopro": layer_test([0, 0.1, 0], [1, 0.3, 1])},
-                                 deep) == UNCLEAR
+def test_cka_verdict_needs_every_baseline():
+    ahead = layer_test([0.1, 0.1], [0.01, 0.2])
+    assert verdicts.cka_verdict({"dgl": ahead}) == REPRODUCED
+    assert verdicts.cka_verdict({"dgl": ahead, "infopro": layer_test([-0.1, 0], [0.01, 1])}) \
+        == NOT_REPRODUCED
+    assert verdicts.cka_verdict({"dgl": ahead, "infopro": layer_test([0.1, 0], [0.3, 1])}) \
+        == UNCLEAR
+
+
+def test_welch_family_adjusts_every_layer_of_every_pair_as_one_family():
+    rng = np.random.default_rng(0)
+    values = {m: rng.normal(size=(3, 4)) for m in ("a", "b", "c")}
+    family = verdicts.welch_family(values, [("a", "b"), ("a", "c")], list("wxyz"), "toy")
+    raw = np.array([[scipy_stats.ttest_ind(values["a"][:, i], values[m][:, i],
+                                           equal_var=False).pvalue for i in range(4)]
+                    for m in ("b", "c")])
+    adjusted = np.stack([family["a", "b"].p_adjusted, family["a", "c"].p_adjusted])
+    m = raw.size  # Holm by its definition: sorted p times (m − rank), running maximum
+    order = np.argsort(raw, axis=None)
+    expected = np.minimum(np.maximum.accumulate(raw.ravel()[order] * (m - np.arange(m))), 1)
+    assert adjusted.ravel()[order] == pytest.approx(expected)
+    assert family["a", "c"].statistic == pytest.approx(values["a"].mean(0) - values["c"].mean(0))
+
+
+def null_claim_values(rng, methods, seeds, layers, noise):
+    """Seed values (seeds, L) per method under "the methods do not differ": a shared layer
+    curve, a per-reference-seed effect common to all methods (R = 3 reference seeds, averaged
+    as :func:`verdicts.seed_values` averages), and per-network noise correlated over layers."""
+    curve = np.linspace(0.9, 0.4, layers)
+    reference = rng.normal(scale=0.02, size=(3, 1, layers))
+    out = {}
+    for m in methods:
+        network = noise(rng, (1, seeds, 1)) * 0.03 + noise(rng, (1, seeds, layers)) * 0.01
+        pair = rng.normal(scale=0.005, size=(3, seeds, layers))
+        out[m] = (curve + reference + network + pair).mean(axis=0)
+    return out
+
+
+NOISES = {"normal": lambda rng, shape: rng.normal(size=shape),
+          "skewed": lambda rng, shape: rng.exponential(size=shape) - 1}
+
+
+@pytest.mark.parametrize("noise", NOISES)
+def test_claim_verdicts_are_wrong_at_most_alpha_when_the_methods_do_not_differ(noise):
+    """3 seeds per method, 11 middle and deep layers (the cpu preset's ResNet-32): the CKA rule
+    and the separability rule, run on 600 simulated null groups each, decide (anything but
+    "not distinguishable") at most 5 % of the time, within 2.5 Monte-Carlo standard errors."""
+    rng = np.random.default_rng(1)
+    methods, layers, draws = verdicts.METHODS, [f"l{i}" for i in range(11)], 600
+    decided = {"cka": 0, "separability": 0}
+    for _ in range(draws):
+        values = null_claim_values(rng, methods, 3, len(layers), NOISES[noise])
+        cka = verdicts.welch_family(values, [("auglocal", b) for b in verdicts.BASELINES],
+                                    layers, "CKA")
+        decided["cka"] += verdicts.cka_verdict(cka) != UNCLEAR
+        family = verdicts.welch_family(values, [(b, o) for o in ("bp", "auglocal")
+                                                for b in verdicts.BASELINES], layers, "probe")
+        decided["separability"] += verdicts.separability_verdict(
+            {b: family[b, "bp"] for b in verdicts.BASELINES},
+            {b: family[b, "auglocal"] for b in verdicts.BASELINES}) != UNCLEAR
+    slack = 2.5 * math.sqrt(0.05 * 0.95 / draws)
+    assert decided["cka"] / draws <= 0.05 + slack
+    assert decided["separability"] / draws <= 0.05 + slack
+
+
+def test_the_cka_rule_decides_at_three_seeds_when_auglocal_is_clearly_ahead():
+    """The rule is not "not distinguishable" by construction: AugLocal 0.3 above every baseline
+    at 11 layers (about 11 standard errors of a difference of 3-seed means; 33 tests under
+    Holm need p ≤ 0.0015) is reproduced in most draws, and 0.3 below never."""
+    rng = np.random.default_rng(2)
+    layers = [f"l{i}" for i in range(11)]
+    outcomes = {+0.3: [], -0.3: []}
+    for shift, found in outcomes.items():
+        for _ in range(100):
+            values = null_claim_values(rng, verdicts.METHODS, 3, 11, NOISES["normal"])
+            values["auglocal"] = values["auglocal"] + shift
+            found.append(verdicts.cka_verdict(verdicts.welch_family(
+                values, [("auglocal", b) for b in verdicts.BASELINES], layers, "CKA")))
+    assert outcomes[+0.3].count(REPRODUCED) >= 80
+    assert REPRODUCED not in outcomes[-0.3] and outcomes[-0.3].count(NOT_REPRODUCED) >= 80
+
+
+@pytest.mark.parametrize("sd_b", [0.005, 0.02])
+def test_welch_interval_covers_the_difference_at_three_seeds(sd_b):
+    """The accuracy rule's interval: 95 % Welch interval of a difference of means, 3 seeds
+    against 3 with equal or unequal spread, covers the true difference in ≥ 93 % of 1,000
+    draws."""
+    rng = np.random.default_rng(3)
+    covered = 0
+    for _ in range(1000):
+        a, b = rng.normal(0.80, 0.01, size=3), rng.normal(0.81, sd_b, size=3)
+        d = verdicts.welch(a, b)
+        covered += d["low"] <= -0.01 <= d["high"]
+    assert covered / 1000 >= 0.93
 
 
 def test_separability_verdict_needs_both_parts():
@@ -170,6 +254,18 @@ def test_welch_agrees_with_the_textbook_formula():
     assert result["difference"] == pytest.approx(diff)
     assert (result["low"], result["high"]) == pytest.approx((diff - half, diff + half))
     assert result["p"] == pytest.approx(2 * scipy_stats.t.sf(diff / math.sqrt(va + vb), df))
+
+
+def test_welch_per_layer_is_welch_of_each_column_and_nan_where_no_seed_varies():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=(4, 4))
+    a[:, 2], b[:, 2] = 0.5, 0.7  # neither group varies: no test, but a difference
+    layers = verdicts.welch(a, b)
+    for i in (0, 1, 3):
+        column = verdicts.welch(a[:, i], b[:, i])
+        assert [layers[k][i] for k in column] == pytest.approx(list(column.values()))
+    assert layers["difference"][2] == pytest.approx(-0.2)
+    assert np.isnan([layers[k][2] for k in ("low", "high", "p")]).all()
 
 
 # ------------------------------------------------------------------ presets
