@@ -136,17 +136,33 @@ def welch_family(values: Mapping[str, np.ndarray], pairs: Sequence[tuple[str, st
     """Per pair (first, second), per layer Welch's t-test of first − second over seeds
     (``values``: name → (seeds, L), positive for the claim), p Holm-adjusted over every layer
     of every pair at once: the family of one claim."""
-    tests = {}
-    for first, second in pairs:
-        result = welch(values[first], values[second])
-        tests[first, second] = LayerTest(
-            question=f"{first} above {second} ({what})", first=first, second=second,
-            layers=tuple(layers), statistic=result["difference"], p=result["p"],
-            p_adjusted=np.array([]),
-            test=f"Welch t-test over seeds, Holm over {len(pairs) * len(layers)} tests",
-            smallest_p=0.0)
-    adjusted = holm(np.stack([t.p for t in tests.values()]))
-    return {key: replace(t, p_adjusted=a) for (key, t), a in zip(tests.items(), adjusted)}
+    results = [welch(values[first], values[second]) for first, second in pairs]
+    adjusted = holm(np.stack([r["p"] for r in results]))
+    test = f"Welch t-test over seeds, Holm over {adjusted.size} tests"
+    return {(first, second): LayerTest(
+                question=f"{first} above {second} ({what})", first=first, second=second,
+                layers=tuple(layers), statistic=r["difference"], p=r["p"], p_adjusted=a,
+                test=test, smallest_p=0.0)
+            for (first, second), r, a in zip(pairs, results, adjusted)}
+
+
+def ahead_tests(values: Mapping[str, np.ndarray], layers: Sequence[str], what: str
+                ) -> dict[str, LayerTest]:
+    """Per baseline, the test "auglocal above <baseline>" of :func:`welch_family` over all
+    baselines (``values``: method → (seeds, L))."""
+    tests = welch_family(values, [("auglocal", b) for b in BASELINES], layers, what)
+    return {b: tests["auglocal", b] for b in BASELINES}
+
+
+def separability_tests(probe_acc: Mapping[str, np.ndarray], layers: Sequence[str]
+                       ) -> tuple[dict[str, LayerTest], dict[str, LayerTest]]:
+    """Per baseline, "<baseline> above bp" (greedy) and "<baseline> above auglocal" (AugLocal
+    BP-like) in probe accuracy (``probe_acc``: method → (seeds, L) at ``layers``), one
+    :func:`welch_family`."""
+    family = welch_family(probe_acc, [(b, other) for other in ("bp", "auglocal")
+                                      for b in BASELINES], layers, "early probe accuracy")
+    return ({b: family[b, "bp"] for b in BASELINES},
+            {b: family[b, "auglocal"] for b in BASELINES})
 
 
 def seed_values(groups: SeedGroups, method: str) -> np.ndarray:
@@ -158,12 +174,10 @@ def seed_values(groups: SeedGroups, method: str) -> np.ndarray:
 
 def alike_tests(groups: SeedGroups, deep: np.ndarray) -> dict[str, LayerTest]:
     """Per baseline, the test "auglocal more like the reference than <baseline>" at the
-    layers ``deep`` (L,) bool: :func:`welch_family` over all baselines and those layers."""
+    layers ``deep`` (L,) bool: :func:`ahead_tests` of each seed's mean over the reference's."""
     values = {m: seed_values(groups, m)[:, deep] for m in ("auglocal", *BASELINES)}
     layers = [l for l, d in zip(groups.layers, deep) if d]
-    tests = welch_family(values, [("auglocal", b) for b in BASELINES], layers,
-                         f"{groups.label} to {groups.reference}")
-    return {second: t for (_, second), t in tests.items()}
+    return ahead_tests(values, layers, f"{groups.label} to {groups.reference}")
 
 
 @dataclass(frozen=True)
@@ -193,11 +207,8 @@ def claims(result: ArchResult) -> dict[str, dict]:
     early = ~deep
     versus, robust = alike_tests(result.cka, deep), alike_tests(result.procrustes, deep)
     layers = [l for l, e in zip(result.layers, early) if e]
-    probes = {m: a[:, early] for m, a in result.probe_acc.items()}
-    family = welch_family(probes, [(b, other) for other in ("bp", "auglocal")
-                                   for b in BASELINES], layers, "early probe accuracy")
-    greedy = {b: family[b, "bp"] for b in BASELINES}
-    bp_like = {b: family[b, "auglocal"] for b in BASELINES}
+    greedy, bp_like = separability_tests({m: a[:, early] for m, a in result.probe_acc.items()},
+                                         layers)
     return {
         "accuracy": {"verdict": accuracy_verdict(accuracy["auglocal"]["low"],
                                                  accuracy["auglocal"]["high"]),

@@ -183,14 +183,10 @@ def test_claim_verdicts_are_wrong_at_most_alpha_when_the_methods_do_not_differ(n
     decided = {"cka": 0, "separability": 0}
     for _ in range(draws):
         values = null_claim_values(rng, methods, 3, len(layers), NOISES[noise])
-        cka = verdicts.welch_family(values, [("auglocal", b) for b in verdicts.BASELINES],
-                                    layers, "CKA")
+        cka = verdicts.ahead_tests(values, layers, "CKA")
         decided["cka"] += verdicts.cka_verdict(cka) != UNCLEAR
-        family = verdicts.welch_family(values, [(b, o) for o in ("bp", "auglocal")
-                                                for b in verdicts.BASELINES], layers, "probe")
         decided["separability"] += verdicts.separability_verdict(
-            {b: family[b, "bp"] for b in verdicts.BASELINES},
-            {b: family[b, "auglocal"] for b in verdicts.BASELINES}) != UNCLEAR
+            *verdicts.separability_tests(values, layers)) != UNCLEAR
     slack = 2.5 * math.sqrt(0.05 * 0.95 / draws)
     assert decided["cka"] / draws <= 0.05 + slack
     assert decided["separability"] / draws <= 0.05 + slack
@@ -207,8 +203,7 @@ def test_the_cka_rule_decides_at_three_seeds_when_auglocal_is_clearly_ahead():
         for _ in range(100):
             values = null_claim_values(rng, verdicts.METHODS, 3, 11, NOISES["normal"])
             values["auglocal"] = values["auglocal"] + shift
-            found.append(verdicts.cka_verdict(verdicts.welch_family(
-                values, [("auglocal", b) for b in verdicts.BASELINES], layers, "CKA")))
+            found.append(verdicts.cka_verdict(verdicts.ahead_tests(values, layers, "CKA")))
     assert outcomes[+0.3].count(REPRODUCED) >= 80
     assert REPRODUCED not in outcomes[-0.3] and outcomes[-0.3].count(NOT_REPRODUCED) >= 80
 
