@@ -112,12 +112,11 @@ class Curve:
 def depth_figure(curves: Sequence[Curve], *, ylabel: str, title: str,
                  xlabel: str = "relative depth", ylim: tuple[float, float] | None = (0, 1.02)
                  ) -> plt.Figure:
-    """Values against depth, one line (and band) per curve, a colour per group."""
+    """Values against depth, one line (and band) per curve, a colour per group (its method's,
+    :func:`repsim.plot.colour_of`)."""
     fig, ax = plt.subplots(figsize=(6.0, 3.8), layout="constrained")
-    colours = {}
     for curve in curves:
-        key = curve.group or curve.label
-        colour = colours.setdefault(key, f"C{len(colours) % 10}")
+        colour = plot.colour_of(curve.group or curve.label)
         ax.plot(curve.x, curve.y, color=colour, linestyle=curve.linestyle, marker="o"
                 if curve.linestyle != ":" else None, markersize=3, label=curve.label)
         if curve.band is not None:

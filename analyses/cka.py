@@ -91,6 +91,7 @@ class Settings:
     n_perm: int = 0                        # shuffles of B's inputs per map (0: no baseline)
     calibrated: bool = False               # heatmaps coloured by the calibrated score
     grey_insignificant: bool = False       # heatmaps grey the cells not above their baseline
+    input_test: bool = False               # one seed per method: test pairs over inputs only
     n: int = 2000                          # inputs (0: the whole split)
     seed: int = 0                          # which inputs, when n is a subset; the shuffles
     split: str = "test"                    # "train" or "test"
@@ -172,6 +173,10 @@ def parser() -> SettingsParser:
     p.add("grey_insignificant", action="store_true",
           help=f"heatmaps grey the cells not above their shuffled baseline (Holm p > {ALPHA}); "
                "needs --n-perm")
+    p.add("input_test", action="store_true",
+          help="with one seed per method, test each pair of methods over inputs (a z-test "
+               "with jackknife standard errors, seed variation left out); without it such "
+               "pairs are reported as not testable")
     p.shared("batch_size", "max_memory", "n", "seed", "split", "reduction", "layers", "cache",
              "data_root", "device", "threads", "overwrite",
              max_memory={"help": "minibatch CKA with the largest batch whose working memory "
@@ -285,7 +290,8 @@ def seed_group_table(result: SeedGroups) -> dict[str, list[str]]:
     if result.ceiling is not None:
         c = result.ceiling
         columns[f"ceiling ({count(len(c.values), 'pair')})"] = list(zip(c.mean, c.low, c.high))
-    return {label: [f"{m:.4f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in cells]
+    return {label: [f"{m:.4f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else
+                    f"{m:.4f} (one pair: no interval)" for m, lo, hi in cells]
             for label, cells in columns.items()}
 
 
@@ -348,7 +354,8 @@ def compare_groups(settings: Settings, groups: Sequence[SeedGroup], labels: Sequ
                                      for label, g in zip(labels, groups)},
                          reference_name=name, measure=measure, level=settings.level,
                          reduction=settings.reduction, layers=settings.layers,
-                         device=settings.device, seed=settings.seed, **params)
+                         device=settings.device, seed=settings.seed,
+                         input_test=settings.input_test, **params)
     pairs = {label: (settings.a[0], g.files[0]) for label, g in zip(labels, groups)}
     if len(settings.a) > 1:
         pairs[model_label(reference[1])] = settings.a[:2]

@@ -150,7 +150,7 @@ def align_checkpoint(ckpt: str, settings: Settings) -> Alignment:
     local += f"; layers after {last}: output loss" if last >= 0 else ""
     cosines = gradient_alignment(step, network.model,
                                  training_batches(network.meta["dataset"], settings))
-    mean, low, high = t_interval(cosines, settings.level)
+    mean, low, high = t_interval(cosines, settings.level, (-1.0, 1.0))
     return Alignment(label, network.method, local, tuple(network.meta["layers"]), cosines,
                      mean, low, high, settings.level)
 

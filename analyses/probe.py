@@ -155,7 +155,7 @@ def group_curve(name: str, tables: Sequence[ProbeTable], level: float) -> ProbeC
     first = tables[0]
     accuracy = np.array([[r.test_acc for r in t] for t in tables])
     if len(tables) > 1:
-        mean, low, high = t_interval(accuracy, level)
+        mean, low, high = t_interval(accuracy, level, (0.0, 1.0))
         interval = f"Student-t over {len(tables)} seeds"
     else:
         mean = accuracy[0]

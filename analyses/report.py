@@ -43,6 +43,7 @@ from analyses.report_sections import depth_sections, layer_table, local_sections
 from repsim import plot
 from repsim.stats.groups import ALPHA, LayerTest, SeedGroups
 from training import checkpoint_meta
+from training.checkpoint import run_precision
 
 MIB = 2**20
 # one measure of each family beside CKA in the layer-matched comparison, each a few seconds at
@@ -65,6 +66,7 @@ class Settings:
     threads: int | None = None       # torch CPU threads (None: torch's choice)
     overwrite: bool = False          # replace an earlier report in --out
     skip_local: bool = False         # leave out the aux-net, gradient and stitching sections
+    input_test: bool = False         # one seed per method: test pairs over inputs only
 
     def __post_init__(self):
         if len(self.groups()) < 2:
@@ -91,6 +93,9 @@ def parser() -> SettingsParser:
              "overwrite",
              n={"help": "test inputs for CKA (%(default)s; 0: all)"},
              batch_size={"help": "minibatch CKA (default: full batch)"})
+    p.add("input_test", action="store_true",
+          help="with one seed per method, test each pair of methods over inputs only (seed "
+               "variation left out); without it such pairs are reported as not testable")
     p.add("skip_local", action="store_true",
           help="leave out the aux-net, gradient-alignment and stitching sections")
     return p
@@ -110,16 +115,16 @@ def model_rows(paths: Sequence[str]) -> list[dict]:
             "dataset": meta["dataset"]["name"], "epochs": meta["epoch"],
             "test_acc": metrics["test_acc"], "train_seconds": metrics.get("train_seconds"),
             "step_mib": metrics.get("memory", {}).get("total_peak_bytes", 0) / MIB,
-            "macs": metrics.get("macs_per_image"),
+            "macs": metrics.get("macs_per_image"), "precision": run_precision(meta),
         })
     return rows
 
 
 def models_table(rows: list[dict]) -> str:
     ref = rows[0]
-    lines = ["| model | method | settings | arch | epochs | test acc | train time | "
+    lines = ["| model | method | settings | arch | epochs | precision | test acc | train time | "
              "step memory (× first) | forward MACs/image (× first) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         memory = f"{r['step_mib']:.1f} MiB ({r['step_mib'] / ref['step_mib']:.2f}×)" \
             if ref["step_mib"] else "–"
@@ -127,7 +132,8 @@ def models_table(rows: list[dict]) -> str:
             if r["macs"] and ref["macs"] else "–"
         seconds = f"{r['train_seconds']:.0f} s" if r["train_seconds"] else "–"
         lines.append(f"| {r['file']} | {r['method']} | {r['settings']} | {r['arch']} | "
-                     f"{r['epochs']} | {r['test_acc']:.4f} | {seconds} | {memory} | {macs} |")
+                     f"{r['epochs']} | {r['precision']} | {r['test_acc']:.4f} | {seconds} | "
+                     f"{memory} | {macs} |")
     return "\n".join(lines)
 
 
@@ -141,8 +147,10 @@ def probe_table(probes: probe.ProbeRun) -> str:
 def seed_group_section(result: SeedGroups) -> list[str]:
     """The seed-group comparison of layer-matched CKA: figure, means with intervals, and which
     differences are significant (the tests' verdict lines)."""
-    significant = sum(int(np.sum(test.p_adjusted <= ALPHA)) for test in result.tests)
-    total = sum(len(test.layers) for test in result.tests)
+    testable = [test for test in result.tests if test.testable]
+    significant = sum(int(np.sum(test.p_adjusted <= ALPHA)) for test in testable)
+    total = sum(len(test.layers) for test in testable)
+    untestable = len(result.tests) - len(testable)
     lines = ["### Layer-matched CKA over seeds\n",
              "CKA of each layer with the same layer of the reference: per method the mean over "
              "all (reference seed, method seed) pairs, with its interval as brackets and band; "
@@ -154,13 +162,17 @@ def seed_group_section(result: SeedGroups) -> list[str]:
              "\n#### Which differences are significant\n",
              f"Per layer, each method against the ceiling and each pair of methods, p "
              f"Holm-adjusted over the layers of each test (every verdict: `cka/tests.csv`). "
-             f"Significant (p ≤ {ALPHA}): {significant} of {total} layer tests.\n"]
+             f"Significant (p ≤ {ALPHA}): {significant} of {total} layer tests"
+             + (f" ({count(untestable, 'comparison')} not testable with one seed per method, "
+                "not counted)" if untestable else "") + ".\n"]
     return lines + [line for test in result.tests for line in significance_lines(test)]
 
 
 def significance_lines(test: LayerTest) -> list[str]:
     """Bullets: the verdict of each layer where ``test`` is significant, then one line naming
     the layers where it is not (or is undefined)."""
+    if not test.testable:
+        return [f"* {test.question}: {test.test}"]
     hits = test.p_adjusted <= ALPHA
     lines = [f"* {line}" for line, hit in zip(test.verdicts(), hits) if hit]
     rest = [name for name, hit in zip(plot.short_labels(test.layers), hits) if not hit]
@@ -251,6 +263,7 @@ def run(settings: Settings) -> Path:
         rows = model_rows(files)
         comparison = cka.run(cka.Settings(a=settings.groups()[0].files, b=settings.ckpt[1:],
                                           n=settings.n, batch_size=settings.batch_size,
+                                          input_test=settings.input_test,
                                           out=str(final / "cka"), **common),
                              into=out / "cka")
         measure_results = similarity.run(

@@ -23,31 +23,34 @@ from the rules of :mod:`analyses.verdicts`, the numbers behind it and its figure
 
 Presets (:data:`PRESETS`): ``tiny``, the test: ResNet-8 width 4 (K = 4) on digits, 2 seeds,
 1 epoch, the analyses on a few hundred inputs; ``cpu``: ResNet-32 width 16, K = 16, on 8,000
-Fashion-MNIST images, 4 epochs, batch 128, lr 0.1, 3 seeds (sized below); ``gpu`` (with
+Fashion-MNIST images, 4 epochs, batch 128, lr 0.1, 6 seeds (sized below); ``gpu`` (with
 ``--device cuda``): ResNet-32 (K = 16, d = 2) and ResNet-110 (K = 55, d = 3) on all 60,000
 images, the paper's schedule (400 epochs, batch 1024, lr 0.8, 10 warm-up epochs), 3 seeds.
+Every preset trains with ``--amp auto``: bf16 autocast + channels-last where the CPU or GPU
+has bf16 units (float32 elsewhere; the choice is printed and recorded in each checkpoint),
+evaluates the epochs before the last on 2,000 test images in that precision and the last on
+all 10,000 in float32 (the accuracy every table shows); the analyses extract float32
+activations.
 
 ``--out`` is a new or empty folder, or one an earlier reproduction wrote (it holds
 :data:`MARKER`): ``--resume`` continues it (same preset), ``--overwrite`` deletes it first. A
 folder holding anything else is never used.
 
-Sizing the cpu preset. Training throughput of ResNet-32 (width 16, K = 16) on Fashion-MNIST
-at batch 128, 100 steps per method after 5 warm-up steps, measured here in CPU seconds
-(``time.process_time``, 1 thread, since other work shared the 2 cores), and evaluation (the
-10,000 test images after every epoch) at batch 512:
+Sizing the cpu preset (6 seeds, so that the exact seed-label tests can reach p = 0.002 and
+the primary endpoints' Welch tests have power: ``analyses.verdicts``). Training throughput of
+ResNet-32 (width 16, K = 16) on Fashion-MNIST at batch 128 with bf16 + channels-last, 2
+threads, interleaved (``benchmarks/step_time.py --dataset fashion-mnist --batch 128 --threads
+1 2 --precisions fp32 bf16-cl``, on a CPU with AVX-512 BF16 and no AMX), in images per second:
 
-    bp 209, auglocal 94, dgl 204, infopro 61, predsim 135 images per CPU-second; eval 484
+    bp 629, auglocal 248, dgl 588, infopro 183, predsim 304   (float32: 311, 134, 306, 101, 207)
 
-One training image through all five methods costs Σ 1/rate = 0.0441 CPU-s, so S images × E
-epochs × 3 seeds cost 0.132 · S · E CPU-s, plus 15 runs × E × 10,000 / 484 = 310 · E CPU-s of
-evaluation. At 2 threads a step runs about 1.6× faster than at 1 (assumed, not measured on the
-busy machine), so 70 minutes on 2 cores buy 70 · 60 · 1.6 = 6,720 CPU-s: S = 8,000 and E = 4
-need 0.132 · 32,000 + 1,240 = 5,470 CPU-s, 57 minutes (91 without any gain from the second
-thread). Measured on 2026-12-07, one invocation from nothing on 2 idle cores: 55.0 minutes in
-all, of which 41.5 for training (the training loops 32.6 minutes, the rest evaluation and
-checkpoints), 0.5 for the determinism check and 13 for the analyses (CKA on 500 test inputs,
-probes on 3,000 + 1,000, the local-learning and depth sections); a second run reproduced
-every weight and every number.
+One training image through all five methods costs Σ 1/rate = 0.0161 s, so S images × E
+epochs × 6 seeds cost 0.0964 · S · E s: S = 8,000 and E = 4 need 51 minutes, plus about 16 s
+per run for start-up, the cost measurement and the evaluations (8 minutes for 30 runs), and
+the analyses. A BP pilot (bf16, 2 seeds each) at equal cost found 8,000 images × 5 epochs and
+4,000 × 10 alike: test accuracy 0.845 and 0.832–0.843, BP–BP layer-matched CKA 0.72–0.85 and
+0.75–0.87 in the middle and deep layers, so the number of steps, not the split, sets the
+ceiling; the ≥ 0.90 ceiling of 12 epochs does not fit 90 minutes with 6 seeds on 2 cores.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ from analyses.paths import run_folder
 from analyses.reproduction_doc import document
 from analyses.verdicts import LEVEL, METHODS, ArchResult, claims
 from repsim.stats.groups import SeedGroups, seed_groups
-from training.checkpoint import checkpoint_meta, read_checkpoint
+from training.checkpoint import checkpoint_meta, read_checkpoint, run_precision
 from training.checks import OutputError
 from training.train import TrainConfig, train
 
@@ -89,16 +92,16 @@ PRESETS: dict[str, dict] = {
     "tiny": {  # the test: seconds
         "archs": {"resnet8": (4, 2, 0.5)}, "seeds": 2,
         "train": {"width": 4, "dataset": "digits", "subset": None, "epochs": 1,
-                  "batch_size": 64, "lr": 0.05},
+                  "batch_size": 64, "lr": 0.05, "amp": "auto"},
         "cka_n": 100, "probe": {"n_train": 200, "n_test": 100},
         "aux": {"n_train": 200, "n_test": 100}, "gradalign": {"batches": 2, "batch_size": 32},
         "information": {"n_train": 100, "n_test": 50, "steps": 5, "n_show": 2},
         "determinism": {"subset": 256},
     },
     "cpu": {  # <= 90 minutes on 2 cores: see the sizing in the module docstring
-        "archs": {"resnet32": (16, 2, 0.5)}, "seeds": 3,
+        "archs": {"resnet32": (16, 2, 0.5)}, "seeds": 6,
         "train": {"width": 16, "dataset": "fashion-mnist", "subset": 8000, "epochs": 4,
-                  "batch_size": 128, "lr": 0.1},
+                  "batch_size": 128, "lr": 0.1, "amp": "auto", "eval_images": 2000},
         "cka_n": 500, "probe": {"n_train": 3000, "n_test": 1000},
         "aux": {"n_train": 1000, "n_test": 500}, "gradalign": {"batches": 4, "batch_size": 64},
         "information": {"n_train": 500, "n_test": 300, "steps": 40},
@@ -107,7 +110,8 @@ PRESETS: dict[str, dict] = {
     "gpu": {  # the paper's schedule (400 epochs, batch 1024, lr 0.8, 10 warm-up epochs)
         "archs": {"resnet32": (16, 2, 0.5), "resnet110": (55, 3, 0.5)}, "seeds": 3,
         "train": {"width": 16, "dataset": "fashion-mnist", "subset": None, "epochs": 400,
-                  "batch_size": 1024, "lr": 0.8, "warmup_epochs": 10},
+                  "batch_size": 1024, "lr": 0.8, "warmup_epochs": 10, "amp": "auto",
+                  "eval_images": 2000},
         "cka_n": 2000, "probe": {"n_train": 10000, "n_test": 2000},
         "aux": {"n_train": 2000, "n_test": 1000}, "gradalign": {"batches": 8, "batch_size": 64},
         "information": {"n_train": 1000, "n_test": 500, "steps": 100},
@@ -202,6 +206,7 @@ def check_determinism(config: TrainConfig, folder: Path) -> dict:
     return {"identical": not differ and a["metrics"]["test_acc"] == b["metrics"]["test_acc"],
             "differing_tensors": differ, "tensors": len(a["state_dict"]) +
             len(a["aux_state_dict"]), "method": config.method, "arch": config.arch,
+            "precision": run_precision(a),
             "subset": config.subset, "epochs": config.epochs, "threads": torch.get_num_threads()}
 
 
@@ -209,11 +214,14 @@ def check_determinism(config: TrainConfig, folder: Path) -> dict:
 
 
 def checkpoint_rows(configs: Sequence[TrainConfig]) -> list[dict]:
-    """Accuracy, training time and step memory of each finished run (checkpoint metadata)."""
+    """Accuracy, training time, step memory and precision of each finished run (checkpoint
+    metadata)."""
     rows = []
     for config in configs:
-        metrics = checkpoint_meta(config.out)["metrics"]
+        meta = checkpoint_meta(config.out)
+        metrics = meta["metrics"]
         rows.append({"file": Path(config.out).name, "seed": config.seed,
+                     "precision": run_precision(meta),
                      "test_acc": metrics["test_acc"], "train_seconds": metrics["train_seconds"],
                      "step_mib": metrics["memory"]["total_peak_bytes"] / report.MIB,
                      "macs": metrics["macs_per_image"]})
@@ -321,6 +329,13 @@ def prepare_out(settings: Settings) -> Path:
     return out
 
 
+def sizing(preset: str) -> str | None:
+    """How the preset was sized (the module docstring's paragraphs from "Sizing the <preset>
+    preset"), None where the docstring has none."""
+    marker = f"Sizing the {preset} preset"
+    return __doc__[__doc__.index(marker):].strip() if marker in __doc__ else None
+
+
 def commit() -> str:
     """The repository's HEAD (with a note when the tree has uncommitted changes), or
     'unknown' outside a git checkout."""
@@ -372,7 +387,8 @@ def run(settings: Settings) -> Path:
         write_settings(settings, stage)
     found = {r.arch: claims(r) for r in results}
     run_info = {"commit": commit(), "wall_seconds": time.perf_counter() - start,
-                "threads": torch.get_num_threads(), "determinism": determinism}
+                "threads": torch.get_num_threads(), "determinism": determinism,
+                "sizing": sizing(settings.preset)}
     text = document(settings, PRESETS[settings.preset], results, found, run_info)
     (out / "reproduction.md").write_text(text)
     (out / "reproduction.json").write_text(json.dumps(

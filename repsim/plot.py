@@ -8,6 +8,8 @@ it is given; the numbers behind each figure are written as data by the caller.
 
 from __future__ import annotations
 
+import re
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +23,23 @@ Bands = Mapping[str, tuple[Sequence[float], Sequence[float]]]  # label → (low,
 
 ANNOTATE_UP_TO = 12   # layers per side below which heatmap cells show their values
 BAND_ALPHA = 0.2      # opacity of interval bands
+
+# One colour per training method in every figure (the tab10 colours); a line whose label
+# starts with a method's name ("auglocal", "AugLocal (3 seeds)", "bp_seed1") gets its colour.
+METHOD_COLOURS = {"bp": "#1f77b4", "auglocal": "#d62728", "dgl": "#2ca02c",
+                  "infopro": "#9467bd", "predsim": "#ff7f0e", "man": "#8c564b",
+                  "hpff": "#e377c2", "mlaan": "#17becf"}
+OTHER_COLOURS = ("#7f7f7f", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39")
+
+
+def colour_of(label: str) -> str:
+    """The colour of a line labelled ``label``: its method's (:data:`METHOD_COLOURS`, by the
+    label's first word), else one of :data:`OTHER_COLOURS` chosen by the label itself, so a
+    label has one colour in every figure whatever else the figure shows."""
+    first = re.split(r"[^a-z0-9]", label.lower(), maxsplit=1)[0]
+    if first in METHOD_COLOURS:
+        return METHOD_COLOURS[first]
+    return OTHER_COLOURS[zlib.crc32(label.encode()) % len(OTHER_COLOURS)]
 
 
 def short_labels(names: Sequence[str]) -> list[str]:
@@ -162,8 +181,9 @@ def probe_plot(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
 
 def _line_with_band(ax: plt.Axes, x: Sequence[float], values: Sequence[float], label: str,
                     band: tuple[Sequence[float], Sequence[float]] | None) -> plt.Line2D:
-    """A line with point markers and, when ``band`` (low, high) is given, its shaded interval."""
-    line, = ax.plot(x, values, marker="o", markersize=3, label=label)
+    """A line with point markers in the label's colour (:func:`colour_of`) and, when ``band``
+    (low, high) is given, its shaded interval."""
+    line, = ax.plot(x, values, marker="o", markersize=3, label=label, color=colour_of(label))
     if band is not None:
         ax.fill_between(x, band[0], band[1], color=line.get_color(), alpha=BAND_ALPHA,
                         linewidth=0)

@@ -4,11 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, run_precision
 from training.local import MethodConfig
 from training.models import build_model
-from training.precision import Precision
-from training.train import TrainConfig, check_config, train
+from training import data as datasets
+from training import precision as precision_module
+from training.precision import FULL, Precision, resolve_precision
+from training.train import TrainConfig, check_config, evaluate, train
 from training.train import main as train_main
 
 METHODS = {"bp": MethodConfig("bp"), "auglocal": MethodConfig("auglocal", 5, 2, None,
@@ -85,5 +87,81 @@ def test_fp16_on_cpu_is_refused_with_the_fix(capsys):
 
 
 def test_unknown_amp_mode_is_refused():
-    with pytest.raises(ValueError, match="--amp 'int8': choose one of bf16, fp16"):
+    with pytest.raises(ValueError, match="--amp 'int8': choose one of auto, none, bf16, fp16"):
         Precision("int8")
+
+
+def test_auto_is_bf16_and_channels_last_where_the_hardware_has_bf16_units(monkeypatch):
+    monkeypatch.setattr(precision_module, "bf16_hardware", lambda device: "AVX-512 BF16")
+    amp, channels_last, why = resolve_precision("auto", False, "cpu")
+    assert (amp, channels_last) == ("bf16", True)
+    assert "AVX-512 BF16 found" in why and "--amp none" in why
+    monkeypatch.setattr(precision_module, "bf16_hardware", lambda device: None)
+    amp, channels_last, why = resolve_precision("auto", False, "cpu")
+    assert (amp, channels_last) == (None, False) and "float32" in why
+
+
+def test_none_is_float32_and_explicit_choices_stay():
+    assert resolve_precision("none", False, "cpu")[:2] == (None, False)
+    assert resolve_precision(None, True, "cpu")[:2] == (None, True)
+    assert resolve_precision("bf16", False, "cpu")[:2] == ("bf16", False)
+
+
+def test_the_hardware_check_reads_torchs_cpu_capabilities(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert precision_module.bf16_hardware("cpu") == "AMX"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert precision_module.bf16_hardware("cpu") is None
+    assert precision_module.bf16_hardware("meta") is None
+
+
+def test_an_unresolved_choice_is_refused_by_a_step():
+    for amp in ("auto", "none"):
+        with pytest.raises(ValueError, match="resolve it first with resolve_precision"):
+            Precision(amp)
+
+
+def test_the_checkpoint_records_what_auto_chose(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(precision_module, "bf16_hardware", lambda device: None)
+    out = tmp_path / "auto.pt"
+    train_main(["--amp", "auto", "--dataset", "digits", "--arch", "resnet8", "--width", "4",
+                "--epochs", "1", "--out", str(out), "--no-progress"])
+    assert "precision: float32 (--amp auto: no bf16 units" in capsys.readouterr().out
+    meta = load_checkpoint(out)[1]
+    assert meta["config"]["amp"] is None and run_precision(meta) == "float32"
+
+
+def tiny_run(out, **settings):
+    config = TrainConfig(method="auglocal", arch="resnet8", width=4, K=4, dataset="digits",
+                         epochs=2, batch_size=64, out=str(out), progress=False, threads=1,
+                         **settings)
+    train(config)
+    return torch.load(out, weights_only=True)
+
+
+def test_bf16_training_is_bitwise_repeatable(tmp_path):
+    """The same seed and thread count give the same bf16 + channels-last run, bit for bit:
+    every primary and aux weight and every logged number but the times."""
+    first, second = (tiny_run(tmp_path / f"{k}.pt", amp="bf16", channels_last=True)
+                     for k in ("a", "b"))
+    assert run_precision(first) == "bf16 + channels-last"
+    for part in ("state_dict", "aux_state_dict"):
+        assert first[part].keys() == second[part].keys()
+        assert all(torch.equal(first[part][k], second[part][k]) for k in first[part])
+    untimed = [[{k: v for k, v in epoch.items() if "second" not in k} for epoch in run]
+               for run in (first["metrics"]["epochs"], second["metrics"]["epochs"])]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 2
+
+
+def test_earlier_epochs_evaluate_a_subset_in_the_runs_precision_the_last_all_in_float32(
+        tmp_path):
+    ckpt = tiny_run(tmp_path / "eval.pt", amp="bf16", channels_last=True, eval_images=100)
+    first, last = ckpt["metrics"]["epochs"]
+    test = datasets.load_split("digits", "test")
+    assert (first["test_images"], first["eval_precision"]) == (100, "bf16")
+    assert (last["test_images"], last["eval_precision"]) == (len(test), "float32")
+    model, meta = load_checkpoint(tmp_path / "eval.pt")
+    loss, acc = evaluate(model, test, batch_size=256, device=torch.device("cpu"),
+                         precision=FULL)
+    assert meta["metrics"]["test_acc"] == acc and last["test_loss"] == pytest.approx(loss)

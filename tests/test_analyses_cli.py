@@ -321,8 +321,9 @@ def test_args_json_keeps_the_option_names(tiny_checkpoints, tmp_path):
     args = json.loads((out / "args.json").read_text())
     assert list(args) == ["a", "b", "out", "kernel", "threshold", "debiased", "batch_size",
                           "max_memory", "level", "intervals", "n_perm", "calibrated",
-                          "grey_insignificant", "n", "seed", "split", "reduction", "layers",
-                          "cache", "data_root", "device", "threads", "overwrite"]
+                          "grey_insignificant", "input_test", "n", "seed", "split",
+                          "reduction", "layers", "cache", "data_root", "device", "threads",
+                          "overwrite"]
     assert args["b"] == [str(tiny_checkpoints["b"])] and args["layers"] == ["layers.s3b1"]
     assert (args["n"], args["reduction"], args["batch_size"]) == (100, "gap", None)
 

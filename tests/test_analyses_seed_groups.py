@@ -125,6 +125,7 @@ def test_every_test_and_layer_has_a_printed_verdict(compared):
         assert float(row["smallest_p"]) == pytest.approx(1 / 6)
         assert "p cannot go below 0.17" in row["verdict"]
     assert "ceiling (1 pair)" in printed and "Student-t over 2 seeds" in printed
+    assert "(one pair: no interval)" in printed  # one pair has no spread to estimate
 
 
 def test_one_reference_network_says_the_ceiling_is_missing_and_tests_the_rest(nets, tmp_path,
@@ -137,12 +138,26 @@ def test_one_reference_network_says_the_ceiling_is_missing_and_tests_the_rest(ne
     assert {r["question"] for r in _rows(tmp_path / "out" / "tests.csv")} == {"near vs far"}
 
 
+def test_one_seed_per_method_is_not_testable_without_the_input_flag(nets, tmp_path, capsys):
+    """Seed variation cannot be estimated from one network per method: the pair of methods
+    gets no p (never counted significant) and says how to ask for the input-only test."""
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BiasWarning)
+        _cka(nets, out, "--a", nets["a"], "--b", nets["n0"], nets["f0"], "--intervals")
+    rows = _rows(out / "tests.csv")
+    assert rows and all(r["p"] == "nan" and r["p_adjusted"] == "nan" for r in rows)
+    assert all("not testable with one seed per method" in r["verdict"] for r in rows)
+    assert "--input-test" in rows[0]["test"]
+    assert "not testable with one seed per method" in capsys.readouterr().out
+
+
 def test_intervals_with_one_network_each_fall_back_to_inputs(nets, tmp_path):
     out = tmp_path / "out"
     with warnings.catch_warnings():  # BiasWarning: biased CKA of flattened layers at n = 100
         warnings.simplefilter("ignore", BiasWarning)
         _cka(nets, out, "--a", nets["a"], "--b", nets["n0"], nets["f0"], "--intervals",
-             "--level", "0.9")
+             "--level", "0.9", "--input-test")
     record = json.loads((out / "a__vs__n0.json").read_text())
     matrix, low, high = (np.array(record[k], dtype=float) for k in ("matrix", "low", "high"))
     assert low.shape == matrix.shape and np.all(low < high)
@@ -297,6 +312,17 @@ def test_probe_group_of_different_layers_is_refused():
 
 # --- the report over seed groups ----------------------------------------------------------
 
+def accuracy_interval(seeds):
+    """The 95 % Student-t interval of the mean accuracy over seeds on the logit scale, mapped
+    back; where a seed is at 0 or 1, the plain one cut to [0, 1]."""
+    seeds = np.asarray(seeds)
+    t = stats.t.ppf(0.975, len(seeds) - 1) / np.sqrt(len(seeds))
+    if np.all((seeds > 0) & (seeds < 1)):
+        z = np.log(seeds / (1 - seeds))
+        return tuple(1 / (1 + np.exp(-(z.mean() + s * t * z.std(ddof=1)))) for s in (-1, 1))
+    return tuple(np.clip(seeds.mean() + s * t * seeds.std(ddof=1), 0, 1) for s in (-1, 1))
+
+
 def test_report_over_seed_groups_states_which_differences_are_significant(nets, tmp_path):
     out = tmp_path / "report"
     report.main(["--ckpt", f"bp={nets['a']},{nets['b']}", f"near={nets['n0']},{nets['n1']}",
@@ -321,7 +347,7 @@ def test_report_over_seed_groups_states_which_differences_are_significant(nets, 
             (wilson.low, wilson.high), abs=1e-12)
     for row in _rows(out / "probe" / "probe_groups.csv"):
         seeds = accuracy[row["group"], row["layer"]]
-        half = stats.t.ppf(0.975, 1) * np.std(seeds, ddof=1) / np.sqrt(2)
         assert float(row["mean"]) == pytest.approx(np.mean(seeds), abs=1e-9)
-        assert float(row["high"]) - float(row["mean"]) == pytest.approx(half, abs=1e-9)
+        assert (float(row["low"]), float(row["high"])) == pytest.approx(
+            accuracy_interval(seeds), abs=1e-9)
     assert "near (2 seeds)" in text and "| layer | bp (2 seeds) |" in text

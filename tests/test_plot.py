@@ -3,8 +3,9 @@ and heatmap cells greyed out where a map is not above its permutation baseline."
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from matplotlib.colors import to_rgb
+from matplotlib.colors import to_hex, to_rgb
 
+from analyses.aux import Curve, depth_figure
 from repsim import plot
 from repsim.measures import SimilarityResult
 
@@ -91,3 +92,36 @@ def test_heatmap_greys_cells_not_above_their_baseline_and_shows_the_calibrated_s
 def test_heatmap_options_need_the_permutation_baseline(option):
     with pytest.raises(ValueError, match=r"compute the map with n_perm > 0"):
         plot.result_heatmap(_result(), name_a="A", name_b="B", title="t", **option)
+
+
+def line_colours(fig) -> dict[str, str]:
+    """Legend label → colour (hex) of each labelled line of a figure."""
+    return {line.get_label(): to_hex(line.get_color()) for ax in fig.axes
+            for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_a_method_has_one_colour_in_every_figure():
+    """The layer-matched, probe, depth-panel and aux figures draw each method in its colour
+    of plot.METHOD_COLOURS, whatever other lines a figure holds and in whatever order."""
+    layers = ["layers.stem", "layers.s1b1", "layers.s2b1"]
+    x = [0.0, 0.5, 1.0]
+    figures = [
+        plot.layer_matched_plot({"auglocal": [0.9, 0.8, 0.7], "infopro": [0.8, 0.7, 0.6]},
+                                layers, reference="bp"),
+        plot.probe_plot({"bp (3 seeds)": (x, [0.5] * 3), "infopro": (x, [0.6] * 3),
+                         "auglocal": (x, [0.7] * 3)}, chance=0.1, reduction="gap"),
+        plot.depth_panels({"a": {"infopro": (x, [1, 2, 3]), "auglocal": (x, [3, 2, 1])}}),
+        depth_figure([Curve("auglocal", x, [0.1, 0.2, 0.3], group="auglocal"),
+                      Curve("infopro", x, [0.3, 0.2, 0.1], group="infopro")],
+                     ylabel="y", title="t"),
+    ]
+    for fig in figures:
+        colours = line_colours(fig)
+        plt.close(fig)
+        assert colours["auglocal"] == plot.METHOD_COLOURS["auglocal"]
+        assert colours["infopro"] == plot.METHOD_COLOURS["infopro"]
+    assert plot.colour_of("BP (3 seeds)") == plot.METHOD_COLOURS["bp"]
+    assert plot.colour_of("bp_seed1") == plot.METHOD_COLOURS["bp"]
+    assert len(set(plot.METHOD_COLOURS.values())) == len(plot.METHOD_COLOURS)
+    other = plot.colour_of("my network")
+    assert other == plot.colour_of("my network") and other not in plot.METHOD_COLOURS.values()

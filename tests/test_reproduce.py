@@ -4,6 +4,7 @@ constructed inputs, its presets against the paper's settings, and its error path
 import json
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from scipy import stats as scipy_stats
 from analyses import reproduce, verdicts
 from analyses.reproduction_doc import TITLES
 from analyses.verdicts import NOT_REPRODUCED, REPRODUCED, UNCLEAR
-from repsim.stats.groups import LayerTest
+from repsim.stats.groups import GroupSimilarity, LayerTest, SeedGroups
+from repsim.stats.tests import holm
 from training.checkpoint import checkpoint_meta
 from training.local import paper_config
 from training.models import build_model
@@ -274,12 +276,19 @@ def test_presets_train_with_the_papers_method_settings(preset, tmp_path):
         with torch.device("meta"):
             layers = len(build_model(arch).layer_names)
         for method, group in methods.items():
-            assert len(group) == 3
+            assert len(group) == reproduce.PRESETS[preset]["seeds"]
             for config in group:
                 assert method_config(config, layers) == paper_config(method, arch)
         seeds = [c.seed for group in methods.values() for c in group]
         assert len(set(seeds)) == len(seeds)
         assert len({(c.subset, c.subset_seed) for g in methods.values() for c in g}) == 1
+        # bf16 + channels-last where the hardware has bf16 units, float32 elsewhere
+        assert {c.amp for g in methods.values() for c in g} == {"auto"}
+
+
+def test_the_cpu_preset_has_six_seeds_per_method():
+    """Six seeds: the exact seed-label tests can reach p = 2 / C(12, 6) = 0.002."""
+    assert reproduce.PRESETS["cpu"]["seeds"] >= 6
 
 
 # ------------------------------------------------------------------ errors
@@ -336,3 +345,139 @@ def test_overwrite_clears_an_earlier_reproduction(tmp_path):
     reproduce.prepare_out(reproduce.Settings(preset="tiny", out=str(out), overwrite=True))
     assert sorted(p.name for p in out.iterdir()) == [reproduce.MARKER, "runs"]
     assert not any((out / "runs").iterdir())
+
+
+# ------------------------------------------------------------------ primary endpoints, power
+
+
+def welch_rejections(rng, delta, sd_a, n_a, sd_b, n_b, alpha, draws):
+    """Share of ``draws`` simulated normal seed groups (true difference ``delta``) that
+    Welch's two-sided test rejects at ``alpha``."""
+    a = rng.normal(delta, sd_a, size=(draws, n_a))
+    b = rng.normal(0.0, sd_b, size=(draws, n_b))
+    p = scipy_stats.ttest_ind(a, b, equal_var=False, axis=1).pvalue
+    return float(np.mean(p <= alpha))
+
+
+@pytest.mark.parametrize("sd_a, n_a, sd_b, n_b, alpha", [
+    (0.02, 6, 0.02, 6, 0.05 / 3),   # the cpu preset's CKA family
+    (0.01, 6, 0.03, 6, 0.05 / 6),   # unequal spread, the separability family
+    (0.02, 3, 0.02, 3, 0.05),       # few seeds, where the t tails matter most
+    (0.01, 4, 0.02, 8, 0.05),
+])
+def test_the_detectable_difference_is_detected_with_80_percent_power(sd_a, n_a, sd_b, n_b,
+                                                                     alpha):
+    """Monte-Carlo power of Welch's test at the difference :func:`verdicts.min_detectable`
+    gives is 0.80 within 3 Monte-Carlo standard errors (4,000 draws), and a 20 % smaller
+    difference is detected less often."""
+    delta = verdicts.min_detectable(sd_a, n_a, sd_b, n_b, alpha)
+    rng = np.random.default_rng(5)
+    draws = 4000
+    power = welch_rejections(rng, delta, sd_a, n_a, sd_b, n_b, alpha, draws)
+    assert abs(power - 0.8) <= 3 * math.sqrt(0.8 * 0.2 / draws)
+    assert welch_rejections(rng, 0.8 * delta, sd_a, n_a, sd_b, n_b, alpha, draws) < 0.75
+
+
+def test_min_detectable_edges():
+    assert verdicts.min_detectable(0.0, 6, 0.0, 6) == 0.0
+    assert math.isnan(verdicts.min_detectable(0.02, 1, 0.02, 6))
+    # more seeds or less spread: a smaller difference is detectable
+    assert verdicts.min_detectable(0.02, 12, 0.02, 12) < verdicts.min_detectable(0.02, 6, 0.02, 6)
+    assert verdicts.min_detectable(0.01, 6, 0.01, 6) < verdicts.min_detectable(0.02, 6, 0.02, 6)
+
+
+def seed_groups_of(values):
+    """A SeedGroups holding ``values``: method → (R, J, L), reference "bp"."""
+    layers = tuple(f"l{i}" for i in range(next(iter(values.values())).shape[2]))
+    groups = {m: GroupSimilarity(m, v, v.mean((0, 1)), v.min((0, 1)), v.max((0, 1)), 0.95,
+                                 "constructed") for m, v in values.items()}
+    return SeedGroups(layers=layers, reference="bp", measure="linear_cka", label="CKA",
+                      direction="similarity", groups=groups, ceiling=None, tests=[])
+
+
+def test_the_deep_endpoint_is_each_seeds_mean_over_reference_seeds_and_deep_layers():
+    rng = np.random.default_rng(6)
+    values = {m: rng.uniform(size=(3, 4, 5)) for m in ("auglocal", "dgl")}  # R, J, L
+    deep = np.array([False, False, True, True, True])
+    endpoint = verdicts.deep_endpoint(seed_groups_of(values), deep)
+    for m, v in values.items():
+        expected = [np.mean([v[r, j, l] for r in range(3) for l in (2, 3, 4)])
+                    for j in range(4)]
+        assert endpoint[m] == pytest.approx(expected)
+    distances = replace(seed_groups_of(values), direction="distance")
+    assert verdicts.deep_endpoint(distances, deep)["dgl"] == pytest.approx(-endpoint["dgl"])
+
+
+def test_the_early_endpoint_is_each_seeds_early_mean_minus_bps():
+    rng = np.random.default_rng(7)
+    acc = {m: rng.uniform(size=(3, 6)) for m in ("bp", "auglocal", "dgl")}
+    early = np.array([True, True, False, False, False, False])
+    endpoint = verdicts.early_endpoint(acc, early)
+    bp = np.mean([acc["bp"][s, :2].mean() for s in range(3)])
+    for m, a in acc.items():
+        assert endpoint[m] == pytest.approx([a[s, :2].mean() - bp for s in range(3)])
+    assert endpoint["bp"].mean() == pytest.approx(0.0, abs=1e-12)
+
+
+def null_endpoints(rng, seeds, noise):
+    """Primary endpoints (seeds,) per method under "the methods do not differ": the layer
+    values of :func:`null_claim_values` averaged over 11 layers."""
+    values = null_claim_values(rng, verdicts.METHODS, seeds, 11, NOISES[noise])
+    return {m: v.mean(axis=1) for m, v in values.items()}
+
+
+def primary_verdicts(endpoint):
+    cka = verdicts.primary_cka_tests(endpoint)
+    greedy, bp_like = verdicts.primary_separability_tests(endpoint)
+    return (verdicts.all_of([t.verdict for t in cka.values()]),
+            verdicts.all_of([t.verdict for t in [*greedy.values(), *bp_like.values()]]))
+
+
+@pytest.mark.parametrize("seeds", [3, 6])
+@pytest.mark.parametrize("noise", NOISES)
+def test_primary_verdicts_are_wrong_at_most_alpha_when_the_methods_do_not_differ(seeds, noise):
+    """1,000 simulated null groups: the CKA and separability rules on their primary endpoints
+    decide at most 5 % of the time (within 2.5 Monte-Carlo standard errors)."""
+    rng = np.random.default_rng(8)
+    draws = 1000
+    decided = np.array([[v != UNCLEAR for v in primary_verdicts(null_endpoints(rng, seeds,
+                                                                               noise))]
+                        for _ in range(draws)])
+    assert np.all(decided.mean(axis=0) <= 0.05 + 2.5 * math.sqrt(0.05 * 0.95 / draws))
+
+
+def test_the_primary_cka_rule_reaches_its_stated_power():
+    """AugLocal ahead of every baseline by the detectable difference the rule states (from
+    the true spread of the endpoints): each baseline's test decides "reproduced" in about
+    80 % of draws or more (Holm's later steps only make it easier)."""
+    rng = np.random.default_rng(9)
+    sd = 0.03 / math.sqrt(3)  # the per-network noise of null_claim_values, a mean over R = 3
+    shift = verdicts.min_detectable(sd, 6, sd, 6, 0.05 / 3)
+    found = []
+    for _ in range(400):
+        endpoint = {m: rng.normal(0.8, sd, size=6) for m in verdicts.METHODS}
+        endpoint["auglocal"] = endpoint["auglocal"] + shift
+        found.append(verdicts.primary_cka_tests(endpoint)["dgl"].verdict)
+    assert found.count(REPRODUCED) / 400 >= 0.8 - 3 * math.sqrt(0.16 / 400)
+
+
+def test_endpoint_tests_carry_effect_interval_holm_and_power():
+    rng = np.random.default_rng(10)
+    endpoint = {m: rng.normal(0.8, 0.02, size=6) for m in verdicts.METHODS}
+    tests = verdicts.primary_cka_tests(endpoint)
+    raw = [verdicts.welch(endpoint["auglocal"], endpoint[b])["p"] for b in verdicts.BASELINES]
+    assert [tests[b].p_adjusted for b in verdicts.BASELINES] == pytest.approx(list(holm(
+        np.array(raw))))
+    for b, t in tests.items():
+        assert t.low <= t.difference <= t.high
+        assert t.difference == pytest.approx(endpoint["auglocal"].mean() - endpoint[b].mean())
+        assert t.alpha_per_test == pytest.approx(0.05 / 3) and t.seeds == (6, 6)
+        assert t.detectable == pytest.approx(verdicts.min_detectable(
+            endpoint["auglocal"].std(ddof=1), 6, endpoint[b].std(ddof=1), 6, 0.05 / 3))
+        assert t.to_dict()["verdict"] == t.verdict and t.to_dict()["seeds"] == [6, 6]
+
+
+def test_the_document_appendix_quotes_how_the_preset_was_sized():
+    text = reproduce.sizing("cpu")
+    assert text.startswith("Sizing the cpu preset") and "6 seeds" in text
+    assert reproduce.sizing("tiny") is None  # the test's preset: nothing to size

@@ -213,16 +213,33 @@ def test_seed_label_tests_hold_their_level_when_a_method_is_another_reference():
     assert rejections / 25 <= 0.16  # family-wise level 0.05, with room for 25 draws
 
 
-def test_one_seed_each_falls_back_to_resampling_inputs_and_says_so():
+def one_seed_each(input_test: bool):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((60, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BiasWarning)
-        groups = seed_groups(networks(rng, x, 0.1, 1), {"near": networks(rng, x, 0.1, 1),
-                                                        "far": networks(rng, x, 5.0, 1)})
+        return seed_groups(networks(rng, x, 0.1, 1), {"near": networks(rng, x, 0.1, 1),
+                                                      "far": networks(rng, x, 5.0, 1)},
+                           input_test=input_test)
+
+
+def test_one_seed_each_is_not_testable_between_methods():
+    """No seed variation can be estimated, so the pair gets no p at all (never a z-test over
+    inputs that another seed would overturn), but keeps its observed difference."""
+    groups = one_seed_each(input_test=False)
+    (test,) = groups.tests
+    assert not test.testable and np.all(np.isnan(test.p_adjusted))
+    assert "not testable with one seed per method" in test.test
+    assert all("not testable" in line for line in test.verdicts())
+    np.testing.assert_allclose(test.statistic,
+                               groups.groups["near"].mean - groups.groups["far"].mean)
+
+
+def test_one_seed_each_falls_back_to_resampling_inputs_when_asked_and_says_so():
+    groups = one_seed_each(input_test=True)
     assert groups.ceiling is None
     (test,) = groups.tests
-    assert "seed variation not included" in test.test
+    assert test.testable and "seed variation not included" in test.test
     assert "jackknife" in groups.groups["near"].interval
     assert test.p_adjusted[0] < 0.05
 
@@ -293,3 +310,57 @@ def test_many_inputs_use_the_grouped_jackknife_and_say_so():
     result = repsim.similarity_matrix(a, b, "procrustes", level=0.95)
     assert "grouped jackknife over inputs (100 groups)" in result.uncertainty["interval"]
     assert result.low[0, 0] < result.matrix[0, 0] < result.high[0, 0]
+
+
+# ------------------------------------------------------------------ intervals inside the range
+
+
+def test_a_ranged_interval_stays_inside_the_range_even_with_two_seeds():
+    """Two seeds near CKA's top (t with 1 degree of freedom): the plain interval leaves
+    [0, 1], the logit-scale one does not, and both hold the mean."""
+    values = np.array([0.93, 0.975])
+    mean, low, high = t_interval(values, 0.95)
+    assert high > 1
+    mean, low, high = t_interval(values, 0.95, (0.0, 1.0))
+    assert 0 < low < mean < high < 1
+
+
+def test_a_ranged_interval_is_the_plain_one_far_from_the_ends():
+    rng = np.random.default_rng(11)
+    values = rng.normal(0.5, 0.01, size=(6, 4))
+    plain = t_interval(values, 0.95)
+    ranged = t_interval(values, 0.95, (0.0, 1.0))
+    np.testing.assert_allclose(ranged, plain, atol=1e-4)
+
+
+def test_values_on_an_end_fall_back_to_the_plain_interval_cut_to_the_range():
+    values = np.array([[-0.01, 0.40], [0.02, 0.45], [0.05, 0.50]])  # debiased CKA below 0
+    mean, low, high = t_interval(values, 0.95, (0.0, 1.0))
+    _, plain_low, plain_high = t_interval(values, 0.95)
+    assert low[0] == 0.0 and high[0] == pytest.approx(plain_high[0])
+    z = np.log(values[:, 1] / (1 - values[:, 1]))  # column 1: the logit scale, mapped back
+    half = 4.302652729911275 * z.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 df)
+    expected = 1 / (1 + np.exp(-(z.mean() + np.array([-half, half]))))
+    assert [low[1], high[1]] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seeds", [3, 6])
+@pytest.mark.parametrize("centre, spread", [(0.85, 0.04), (0.95, 0.03), (0.2, 0.05)])
+def test_ranged_intervals_cover_the_mean_of_seed_values(seeds, centre, spread):
+    """Seed values from a Beta distribution of the given mean and spread (skewed near the
+    ends): the logit-scale 95 % interval covers the true mean in ≥ 93 % of 2,000 draws."""
+    rng = np.random.default_rng(12)
+    k = centre * (1 - centre) / spread ** 2 - 1
+    values = rng.beta(centre * k, (1 - centre) * k, size=(seeds, 2000))
+    _, low, high = t_interval(values, 0.95, (0.0, 1.0))
+    assert np.all((0 <= low) & (high <= 1))
+    assert np.mean((low <= centre) & (centre <= high)) >= 0.93
+
+
+def test_a_ranged_interval_scales_to_any_range():
+    """Fisher's z for a measure in (−1, 1) is the logit of (v + 1) / 2 halved: the same
+    interval as the unit range's, moved."""
+    values = np.array([0.2, 0.5, 0.6, 0.9])
+    unit = t_interval(values, 0.9, (0.0, 1.0))
+    wide = t_interval(2 * values - 1, 0.9, (-1.0, 1.0))
+    np.testing.assert_allclose([2 * v - 1 for v in unit], wide, atol=1e-12)

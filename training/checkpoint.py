@@ -46,6 +46,7 @@ import torchvision
 from torch import nn
 
 from training.models import ARCHS, ResNet, arch_depth, build_model
+from training.precision import precision_label
 
 FORMAT = "auglocal-toolkit/checkpoint"
 FORMAT_VERSION = 2                 # the version this toolkit writes
@@ -335,6 +336,13 @@ def checkpoint_meta(path: str | Path) -> dict:
     architecture or weights that do not fit it are not detected here.
     """
     return _without_weights(_read(path, mmap=True))
+
+
+def run_precision(ckpt: dict) -> str:
+    """How the run of a checkpoint (or its metadata) computed: "bf16 + channels-last",
+    "float32" (also for checkpoints older than the settings)."""
+    config = ckpt.get("config", {})
+    return precision_label(config.get("amp"), bool(config.get("channels_last")))
 
 
 def model_from_arch(arch: dict) -> ResNet:

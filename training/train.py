@@ -10,8 +10,9 @@
     python -m training.train --method auglocal ... --dry-run   # print the aux plan and costs
 
 One loop for every method: a method is a *step* (see :mod:`training.step`). Each epoch ends
-with a test-set evaluation, a line in the JSON-lines log and an atomically written checkpoint,
-so ``--resume`` continues from the last completed epoch with the same optimiser state and,
+with a test-set evaluation (in the run's precision on ``--eval-images`` images; after the
+last epoch in float32 on the whole test set, the accuracy a checkpoint reports), a line in
+the JSON-lines log and an atomically written checkpoint, so ``--resume`` continues from the last completed epoch with the same optimiser state and,
 because batch order and augmentation depend only on (seed, epoch), the same batches.
 
 Under ``torchrun --nproc_per_node=N -m training.train ...`` the run is data-parallel (see
@@ -58,7 +59,8 @@ from training.infopro import AUX_CONFIGS, AUX_LOSSES
 from training.local import AUX_RULES, METHODS, MethodConfig, method_defaults, render_module_losses
 from training.memory import forward_macs, measure_step_memory
 from training.models import ARCHS, ResNet, build_model, default_width
-from training.precision import AMP_DTYPES, Precision, precision_problem
+from training.precision import (AMP_CHOICES, FULL, Precision, precision_problem,
+                                resolve_precision)
 from training.schedule import default_warmup_epochs, learning_rate
 
 
@@ -81,7 +83,9 @@ class TrainConfig:
     width: int | None = None           # base channels (None: 16, torchvision archs 64)
     image_size: int | None = None      # imagefolder: crop side in pixels (None: 224)
     workers: int = 4                   # imagefolder: DataLoader worker processes
-    amp: str | None = None             # mixed precision: bf16 | fp16 (CUDA) | None (fp32)
+    amp: str | None = None             # mixed precision: bf16 | fp16 (CUDA) | None or "none"
+                                       # (fp32) | "auto" (bf16 + channels-last where the
+                                       # hardware has bf16 units, else fp32)
     channels_last: bool = False        # NHWC memory layout of the model and batches
     dataset: str = "fashion-mnist"
     data_root: str | None = None
@@ -102,6 +106,9 @@ class TrainConfig:
     device: str = "cpu"
     threads: int | None = None         # torch CPU threads (None: PyTorch's default)
     eval_batch_size: int = 512
+    eval_images: int | None = None     # test images evaluated after each epoch but the last,
+                                       # in the run's precision (class-balanced; None: all);
+                                       # the last epoch evaluates all of them in float32
     progress: bool = True
     dry_run: bool = False              # print the method's plan and costs, train nothing
 
@@ -123,7 +130,7 @@ RANGES = {
     "batch_size": Range(int, 1), "lr": Range(float, 0, low_open=True),
     "momentum": Range(float, 0, 1, low_open=True, high_open=True),  # > 0: Nesterov
     "weight_decay": Range(float, 0), "warmup_epochs": Range(int, 0), "threads": Range(int, 1),
-    "eval_batch_size": Range(int, 1), "beta": Range(float, 0, 1),
+    "eval_batch_size": Range(int, 1), "eval_images": Range(int, 1), "beta": Range(float, 0, 1),
     "image_size": Range(int, 8), "workers": Range(int, 0),
 }
 LAMBDA = Range(float, 0)  # each of --lambda-x and --lambda-y's two values
@@ -298,13 +305,15 @@ def train_epoch(step, optimizer: torch.optim.Optimizer,
 
 @torch.inference_mode()
 def evaluate(model: ResNet, data: datasets.ImageSet, *, batch_size: int,
-             device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of the primary network on a split, in eval mode."""
+             device: torch.device, precision: Precision = FULL) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the primary network on a split, in eval mode, its
+    forwards under ``precision`` (the loss in float32)."""
     model.eval()
     loss_sum, correct = 0.0, 0
     for x, y, _ in datasets.eval_batches(data, batch_size):
-        x, y = x.to(device), y.to(device)
-        logits = model(x)
+        x, y = precision.layout(x.to(device)), y.to(device)
+        with precision.autocast():
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return loss_sum / len(data), correct / len(data)
@@ -397,20 +406,24 @@ def train(config: TrainConfig) -> dict:
 
     Under torchrun every process calls this (see :mod:`training.distributed`); rank 0 returns
     the metrics, the other ranks only those of the epochs they resumed from."""
-    config = replace(config, width=config.width or default_width(config.arch))
     check_config(config, distributed.world_from_env().world_size)
+    amp, channels_last, choice = resolve_precision(config.amp, config.channels_last,
+                                                   config.device)
+    config = replace(config, width=config.width or default_width(config.arch), amp=amp,
+                     channels_last=channels_last)  # the checkpoint records what ran
     if not config.dry_run:
         check_outputs(config)
     world, device, created = distributed.setup(config.device)
     try:
-        return _train(config, world, device)
+        return _train(config, world, device, choice)
     finally:
         distributed.teardown(created)
 
 
-def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
+def _train(config: TrainConfig, world: World, device: torch.device, choice: str) -> dict:
     out = Path(config.out)
     say = print if world.is_main else (lambda *args, **kwargs: None)
+    say(choice)
     if config.threads:
         torch.set_num_threads(config.threads)
     info = datasets.dataset_info(config.dataset, config.data_root, config.image_size)
@@ -428,6 +441,10 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
         return {"epochs": []}
     distributed.broadcast_module(step.trainable, world)  # identical start on every rank
     train_set, test_set = load_data(config)
+    monitor = test_set  # what the epochs before the last are evaluated on
+    if config.eval_images is not None and config.eval_images < len(test_set):
+        monitor = datasets.take(test_set, datasets.balanced_subset(test_set.labels,
+                                                                   config.eval_images, 0))
     optimizer = make_optimizer(config, step.trainable.parameters())
     done, history, cost = 0, [], {}
     if config.resume and out.exists():
@@ -471,14 +488,19 @@ def _train(config: TrainConfig, world: World, device: torch.device) -> dict:
                                        f"epoch {epoch + 1}, {step_text}", epoch)
             distributed.average_buffers(step.trainable, world)
             if world.is_main:
-                test_loss, test_acc = evaluate(model, test_set,
-                                               batch_size=config.eval_batch_size, device=device)
+                last = epoch + 1 == config.epochs
+                evaluated, eval_precision = (test_set, FULL) if last else (monitor, precision)
+                test_loss, test_acc = evaluate(model, evaluated, device=device,
+                                               batch_size=config.eval_batch_size,
+                                               precision=eval_precision)
                 if not math.isfinite(test_loss):
                     raise diverged(config, f"the test loss is {test_loss} after epoch "
                                            f"{epoch + 1}", epoch)
                 record = {"event": "epoch", "epoch": epoch + 1, "lr_start": lr_at(0),
                           "train_loss": stats.train_loss, "train_acc": stats.train_acc,
                           "test_loss": test_loss, "test_acc": test_acc,
+                          "test_images": len(evaluated),
+                          "eval_precision": eval_precision.amp or "float32",
                           "epoch_seconds": stats.seconds,
                           "images_per_second": stats.images / stats.seconds}
                 if world.launched:
@@ -559,10 +581,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                    help="imagefolder: side of the training and evaluation crops (224)")
     p.add_argument("--workers", **number("workers"),
                    help="imagefolder: DataLoader worker processes (4)")
-    p.add_argument("--amp", choices=list(AMP_DTYPES),
-                   help="mixed precision: bf16 (CUDA or CPU) or fp16 (CUDA, with loss scaling)")
+    p.add_argument("--amp", choices=AMP_CHOICES,
+                   help="mixed precision: bf16 (CUDA or CPU), fp16 (CUDA, with loss scaling), "
+                   "none (float32, the default) or auto (bf16 + channels-last where the CPU or "
+                   "GPU has bf16 units, else float32)")
     p.add_argument("--channels-last", action="store_true",
-                   help="channels-last (NHWC) memory layout, for GPU tensor cores")
+                   help="channels-last (NHWC) memory layout, for GPU tensor cores and CPU "
+                   "bf16 kernels")
     p.add_argument("--dataset", default=defaults.dataset, choices=list(datasets.DATASETS))
     p.add_argument("--data-root", help="folder with the dataset files (CIFAR-10/SVHN/STL-10; "
                    "imagefolder: train/ and val/ with a subfolder per class; "
@@ -588,6 +613,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--device", default=defaults.device, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", **number("threads"), help="torch CPU threads")
     p.add_argument("--eval-batch-size", **number("eval_batch_size"))
+    p.add_argument("--eval-images", **number("eval_images"),
+                   help="test images evaluated after each epoch but the last, in the run's "
+                   "precision (class-balanced; default all); the last epoch evaluates all "
+                   "of them in float32, so the reported accuracy is comparable across --amp")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide the progress bar")
     p.add_argument("--dry-run", action="store_true",

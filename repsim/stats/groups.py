@@ -17,11 +17,16 @@ measure of layer l of network s with layer l of network t):
   the share at or below the observed one. With few seeds the smallest possible p is
   1/C(R+J, R) (0.05 for 3 + 3 seeds), and verdicts say so;
 * **method X vs method Y**: the same test of mean(reference, X) − mean(reference, Y) over
-  relabellings of the X and Y seeds, two-sided; with one seed each it falls back to a z-test
-  of the difference with its delete-one jackknife standard error over inputs (seed variation
-  then unaccounted for, and the verdict says so).
+  relabellings of the X and Y seeds, two-sided. With one seed each, seed variation cannot be
+  estimated, and it is the dominant noise (two backprop seeds differ by 0.03–0.1 CKA in the
+  middle layers where inputs give standard errors of 0.001): the test is reported as not
+  testable (no p, never counted as significant) unless ``input_test=True`` asks for a z-test
+  of the difference with its delete-one jackknife standard error over inputs, which says that
+  seed variation is left out.
 
-p-values are Holm-adjusted over the layers of each test.
+p-values are Holm-adjusted over the layers of each test. Intervals stay inside the measure's
+range (:func:`~repsim.stats.intervals.t_interval` on the logit scale); the ceiling of a single
+reference pair has no range (NaN bounds, "one pair: no interval").
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from repsim.stats.tests import holm
 
 __all__ = ["Ceiling", "GroupSimilarity", "LayerTest", "SeedGroups", "seed_groups"]
 
+NOT_TESTABLE = ("not testable with one seed per method (seed variation, the dominant noise, "
+                "cannot be estimated; an input-only z-test: input_test=True / --input-test)")
 MAX_RELABELLINGS = 10_000  # exact enumeration up to this many, random relabellings beyond
 ALPHA = 0.05               # significance level of the one-line verdicts
 
@@ -88,11 +95,15 @@ class LayerTest:
     p_adjusted: np.ndarray
     test: str
     smallest_p: float
+    testable: bool = True  # False: no test was possible (``test`` says why), p is NaN
 
     def verdicts(self) -> list[str]:
         """One line per layer, e.g. "s2b3: auglocal below ceiling, p = 0.003 (Holm)"."""
         lines = []
         for name, stat, p in zip(self.layers, self.statistic, self.p_adjusted):
+            if not self.testable:
+                lines.append(f"{name}: {self.first} vs {self.second}: {self.test}")
+                continue
             if np.isnan(p):
                 lines.append(f"{name}: {self.first} vs {self.second}: undefined (NaN values)")
                 continue
@@ -145,14 +156,15 @@ def seed_groups(reference: Sequence[Any], methods: Mapping[str, Sequence[Any]], 
                 reference_name: str = "reference", measure: str = "linear_cka",
                 level: float = 0.95, reduction: str | None = None,
                 layers: Sequence[str] | None = None, device: str = "cpu", seed: int = 0,
-                **params: Any) -> SeedGroups:
+                input_test: bool = False, **params: Any) -> SeedGroups:
     """Layer-matched ``measure`` of each method's seeds with the ``reference`` seeds, the
     ceiling, and the tests of each method vs the ceiling and of each pair of methods.
 
     ``reference``: activation sources (one per seed) of the reference method; ``methods``:
     name → sources of each compared method's seeds. All on the same inputs, with equally many
     layers (``layers`` selects by name). ``seed`` draws random relabellings beyond
-    :data:`MAX_RELABELLINGS`."""
+    :data:`MAX_RELABELLINGS`. ``input_test``: test two one-seed methods against each other
+    over inputs (seed variation left out) instead of calling them not testable."""
     check_level(level)
     measure_ = get_measure(measure, **params)
     _check_groups(reference, methods)
@@ -163,14 +175,14 @@ def seed_groups(reference: Sequence[Any], methods: Mapping[str, Sequence[Any]], 
     sign = 1.0 if measure_.direction == "similarity" else -1.0
     ref = np.arange(len(reference))
     index = {m: np.flatnonzero(np.array(owner) == m) for m in methods}
-    groups = {m: _group(m, values[np.ix_(ref, idx)], leave_one_out.get(m), level)
-              for m, idx in index.items()}
+    groups = {m: _group(m, values[np.ix_(ref, idx)], leave_one_out.get(m), level,
+                        measure_.value_range) for m, idx in index.items()}
     ceiling = _ceiling(values, ref) if len(reference) >= 2 else None
     rng = np.random.default_rng(seed)
     tests = [_vs_ceiling(m, values, ref, idx, sign, names, rng) for m, idx in index.items()
              if ceiling is not None]
-    tests += [_vs_method(x, y, values, ref, index, sign, names, leave_one_out, rng)
-              for x, y in itertools.combinations(methods, 2)]
+    tests += [_vs_method(x, y, values, ref, index, sign, names, leave_one_out, rng,
+                         input_test) for x, y in itertools.combinations(methods, 2)]
     return SeedGroups(layers=names, reference=reference_name, measure=measure_.name,
                       label=measure_.label, direction=measure_.direction, groups=groups,
                       ceiling=ceiling, tests=tests)
@@ -222,16 +234,17 @@ def _check_layers(result, names, first: str, second: str) -> tuple[str, ...]:
     return names or tuple(result.layers_a)
 
 
-def _group(method: str, values: np.ndarray, single: Any, level: float) -> GroupSimilarity:
+def _group(method: str, values: np.ndarray, single: Any, level: float,
+           value_range: tuple[float, float]) -> GroupSimilarity:
     """values (R, J, L): the interval is over the J method seeds (each averaged over the
     reference seeds); with one method seed, over the R reference seeds, or with one of each
     the jackknife over inputs."""
     reference_seeds, method_seeds = values.shape[:2]
     if method_seeds >= 2:
-        mean, low, high = t_interval(values.mean(0), level)
+        mean, low, high = t_interval(values.mean(0), level, value_range)
         how = f"Student-t over {method_seeds} seeds of the method"
     elif reference_seeds >= 2:
-        mean, low, high = t_interval(values[:, 0], level)
+        mean, low, high = t_interval(values[:, 0], level, value_range)
         how = (f"one seed of the method: Student-t over {reference_seeds} reference seeds "
                "(the method's seed variation not included)")
     else:
@@ -243,7 +256,12 @@ def _group(method: str, values: np.ndarray, single: Any, level: float) -> GroupS
 
 
 def _ceiling(values: np.ndarray, ref: np.ndarray) -> Ceiling:
+    """Mean and range over the pairs of distinct reference seeds; one pair has no range
+    (NaN bounds)."""
     pairs = np.stack([values[s, t] for s, t in itertools.combinations(ref, 2)])
+    if len(pairs) == 1:
+        return Ceiling(values=pairs, mean=pairs[0], low=np.full_like(pairs[0], np.nan),
+                       high=np.full_like(pairs[0], np.nan))
     return Ceiling(values=pairs, mean=pairs.mean(0), low=pairs.min(0), high=pairs.max(0))
 
 
@@ -291,10 +309,18 @@ def _vs_ceiling(method, values, ref, idx, sign, names, rng) -> LayerTest:
                  f"seed-label permutation test, {len(masks)} relabellings, one-sided")
 
 
-def _vs_method(x, y, values, ref, index, sign, names, leave_one_out, rng) -> LayerTest:
+def _vs_method(x, y, values, ref, index, sign, names, leave_one_out, rng, input_test
+               ) -> LayerTest:
     pool = np.concatenate([index[x], index[y]])
-    if len(pool) == 2:
+    if len(pool) == 2 and input_test:
         return _jackknife_difference(x, y, leave_one_out, sign, names)
+    if len(pool) == 2:
+        nan = np.full(len(names), np.nan)
+        observed = sign * (_mean_between(values, ref, index[x]) -
+                           _mean_between(values, ref, index[y]))
+        return LayerTest(question=f"{x} vs {y}", first=x, second=y, layers=names,
+                         statistic=observed, p=nan, p_adjusted=nan,
+                         test=NOT_TESTABLE, smallest_p=math.nan, testable=False)
     masks = _relabellings(len(pool), len(index[x]), rng)
 
     def statistic(mask):

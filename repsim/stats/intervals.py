@@ -99,15 +99,40 @@ def wilson_interval(correct: int | np.ndarray, n: int, level: float
     return centre - half, centre + half
 
 
-def t_interval(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def t_interval(values: np.ndarray, level: float,
+               value_range: tuple[float, float] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mean, low, high) over axis 0 of ``values`` (k, ...): Student-t with k − 1 degrees of
-    freedom, for k ≥ 2 independent replicates (e.g. seeds)."""
+    freedom, for k ≥ 2 independent replicates (e.g. seeds).
+
+    With a finite ``value_range`` (lo, hi) (a measure's, e.g. CKA's (0, 1)) the interval is
+    computed on the logit scale of (v − lo) / (hi − lo) (for a measure in (−1, 1) that is
+    Fisher's z up to a factor) and mapped back, so it stays inside the range and is
+    asymmetric near its ends; where some value lies on or outside an end (a debiased estimate
+    just below 0), the plain interval is cut to the range instead, which keeps its coverage
+    (the true value lies in the range). The mean is the plain mean either way."""
     values = np.asarray(values, dtype=np.float64)
     k = len(values)
     if k < 2:
         raise ValueError(f"an interval over seeds needs at least 2 seeds, got {k}; train more "
                          "seeds or use the interval over inputs")
+    check_level(level)
     mean = values.mean(0)
-    half = (scipy_stats.t.ppf(0.5 + check_level(level) / 2, k - 1)
-            * values.std(0, ddof=1) / math.sqrt(k))
-    return mean, mean - half, mean + half
+    if value_range is None or not all(map(math.isfinite, value_range)):
+        return (mean, *_t_bounds(values, level))
+    lo, hi = value_range
+    u = (values - lo) / (hi - lo)
+    inside = np.all((u > 0) & (u < 1), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high = _t_bounds(np.log(u / (1 - u)), level)
+        logistic = [lo + (hi - lo) / (1 + np.exp(-b)) for b in (low, high)]
+    plain = [np.clip(b, lo, hi) for b in _t_bounds(values, level)]
+    return (mean, *(np.where(inside, a, b) for a, b in zip(logistic, plain)))
+
+
+def _t_bounds(values: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """The Student-t bounds of the mean over axis 0 of ``values`` (k, ...)."""
+    k = len(values)
+    half = (scipy_stats.t.ppf(0.5 + level / 2, k - 1) * values.std(0, ddof=1) / math.sqrt(k))
+    mean = values.mean(0)
+    return mean - half, mean + half
